@@ -1,0 +1,27 @@
+"""btsbot-jax: BTSbot (Rehemtulla et al. 2024) in JAX/Flax.
+
+The heavy entry points are imported lazily so `import btsbot_jax` stays cheap (no TensorFlow import).
+"""
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "import_keras": "btsbot_jax.importer",
+    "load_scorer": "btsbot_jax.scorer",
+    "Scorer": "btsbot_jax.scorer",
+    "create_model": "btsbot_jax.models",
+    "default_model_config": "btsbot_jax.models",
+    "load_model": "btsbot_jax.checkpoint",
+    "save_model": "btsbot_jax.checkpoint",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'btsbot_jax' has no attribute {name!r}")
+
+
+__all__ = ["__version__", *_LAZY]
