@@ -1,10 +1,9 @@
 """`btsbot-import-keras --saved_model=DIR --out=CKPT_DIR`: Keras BTSbot weights -> btsbot-jax model directory."""
 
 import os
+import sys
 
 from absl import app, flags
-
-from btsbot_jax.importer import import_keras
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "Keras SavedModel directory of a BTSbot mm_cnn (e.g. v1.0.1).")
@@ -14,11 +13,22 @@ flags.DEFINE_string("model_version", "v1.0.1", "Version string written into the 
 
 def _main(argv):
     del argv
-    out = import_keras(FLAGS.saved_model, FLAGS.out, version=FLAGS.model_version)
+    from btsbot_jax.importer import import_keras
+
+    try:
+        out = import_keras(FLAGS.saved_model, FLAGS.out, version=FLAGS.model_version)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"btsbot-import-keras: error: {e}", file=sys.stderr)
+        return 2
     print(f"imported {FLAGS.saved_model} -> {out}")
+    return 0
 
 
 def main():
-    flags.mark_flags_as_required(["saved_model", "out"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    flags.mark_flags_as_required(["saved_model", "out"])
     app.run(_main)
+
+
+if __name__ == "__main__":
+    main()
