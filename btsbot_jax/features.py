@@ -1,0 +1,373 @@
+"""ZTF alert packet -> the model's inputs: image triplet (63,63,3) and 25 metadata features (spec section 2).
+
+Triplet: channels science, reference (template), difference; each cutout gunzipped and read from FITS
+(`btsbot_jax.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
+CCD), padded at the bottom/right with 1e-9 after normalising. The norm is taken in float64 so a cutout with huge
+values cannot overflow, and the quotient rounded once to float32. The normalisation runs vectorised over all
+full-size cutouts of a batch.
+
+Metadata: 19 fields straight from `candidate`, 6 from the light curve known at the time of the alert
+(`prv_candidates` + the candidate, plus earlier alerts of the same source the caller passes as `history`):
+age, days_since_peak, days_to_peak, peakmag_so_far, maxmag_so_far, nnotdet. -999 sentinels go in unchanged.
+
+An alert that cannot be turned into finite model inputs (a null needed field, null jdstarthist, inf/NaN values,
+an unreadable/all-zero/all-NaN/oversized cutout...) is never scored and never dropped: `prepare_batch` returns it
+in `rejected` with a reason that names the alert.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from btsbot_jax.alerts import RawAlert
+from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS, NUM_METADATA, PAD_VALUE
+from btsbot_jax.stamps import StampError, read_stamp
+
+CUTOUT_FIELDS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")  # channel order of the triplet
+CUSTOM_FEATURES = ("age", "days_since_peak", "days_to_peak", "peakmag_so_far", "maxmag_so_far", "nnotdet")
+CANDIDATE_FEATURES = tuple(c for c in METADATA_COLUMNS if c not in CUSTOM_FEATURES)  # the 19 straight ones
+INFO_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "source")
+_CAND_INDEX = [METADATA_COLUMNS.index(c) for c in CANDIDATE_FEATURES]
+_CUSTOM_INDEX = [METADATA_COLUMNS.index(c) for c in CUSTOM_FEATURES]
+assert len(CANDIDATE_FEATURES) == 19 and NUM_METADATA == 25
+
+
+class AlertError(ValueError):
+    """An alert that cannot be turned into model inputs; the message is the reason."""
+
+
+@dataclasses.dataclass
+class Rejected:
+    """An input alert that was not scored, and why. `kind` is a short category for summaries."""
+
+    source: str
+    reason: str
+    candid: int | None = None
+    objectId: str | None = None  # noqa: N815 - ZTF's spelling
+    kind: str = "invalid alert"
+
+
+@dataclasses.dataclass
+class Prepared:
+    """Model inputs for the alerts that could be prepared, row-aligned with `info`; the others in `rejected`."""
+
+    triplets: np.ndarray      # (n, 63, 63, 3) float32
+    metadata: np.ndarray      # (n, 25) float32, constants.METADATA_COLUMNS order
+    info: pd.DataFrame        # n rows: candid, objectId, jd, magpsf, fid, source
+    rejected: list[Rejected]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+# ----------------------------------------------------------------------------------------------- metadata
+def _finite(name: str, value: Any) -> float:
+    if value is None:
+        raise AlertError(f"null {name}")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise AlertError(f"{name} is not a number ({type(value).__name__} {value!r})")
+    v = float(value)
+    if not math.isfinite(v):
+        raise AlertError(f"non-finite {name} = {v}")
+    return v
+
+
+def _candidate(record: Mapping) -> Mapping:
+    if not isinstance(record, Mapping):
+        raise AlertError(f"record is not a mapping ({type(record).__name__})")
+    cand = record.get("candidate")
+    if cand is None:
+        raise AlertError("missing or null candidate")
+    if not isinstance(cand, Mapping):
+        raise AlertError(f"candidate is not a record ({type(cand).__name__})")
+    return cand
+
+
+def _field(cand: Mapping, name: str) -> float:
+    if name not in cand:
+        raise AlertError(f"missing field candidate.{name}")
+    return _finite(f"candidate.{name}", cand[name])
+
+
+def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple[float, float]]:
+    """(jd, magpsf) of the detections among light-curve entries (candidate/prv_candidate dicts or whole alerts)."""
+    out = []
+    if not entries:
+        return out
+    for i, e in enumerate(entries):
+        if e is None:
+            continue
+        if isinstance(e, RawAlert):
+            e = e.record
+            if e is None:
+                continue
+        if "candidate" in e and isinstance(e.get("candidate"), Mapping):  # a whole earlier alert
+            out += _history_points(e.get("prv_candidates"), f"{label}[{i}].prv_candidates")
+            out += _history_points([e["candidate"]], f"{label}[{i}].candidate")
+            continue
+        mag = e.get("magpsf")
+        if mag is None:  # upper limit
+            continue
+        mag = _finite(f"{label}[{i}].magpsf", mag)
+        jd = _finite(f"{label}[{i}].jd", e.get("jd"))
+        out.append((jd, mag))
+    return out
+
+
+def custom_features(record: Mapping, history: Sequence[Mapping] | None = None) -> dict[str, float]:
+    """The 6 light-curve features of spec section 2 for one alert.
+
+    `history`: earlier light-curve entries of the same source (candidate / prv_candidate dicts, or whole earlier
+    alerts). When given, it is merged with prv_candidates, points later than the alert are ignored (not known at
+    the time), repeated (jd, magpsf) points are counted once, and "history order" is chronological.
+    """
+    cand = _candidate(record)
+    jd = _field(cand, "jd")
+    mag = _field(cand, "magpsf")
+    jdstarthist = _field(cand, "jdstarthist")
+    ncovhist = _field(cand, "ncovhist")
+    ndethist = _field(cand, "ndethist")
+    points = _history_points(record.get("prv_candidates"), "prv_candidates")
+    points.append((jd, mag))
+    if history:
+        extra = [p for p in _history_points(history, "history") if p[0] <= jd]
+        seen = set()
+        merged = []
+        for p in extra + points:
+            if p not in seen:
+                seen.add(p)
+                merged.append(p)
+        merged.sort(key=lambda p: p[0])  # stable: ties keep their order
+        points = merged
+    jds = [p[0] for p in points]
+    mags = [p[1] for p in points]
+    peak_i = min(range(len(mags)), key=mags.__getitem__)  # first index of the minimum: first on ties
+    peak_jd = jds[peak_i]
+    first_jd = min(jdstarthist, min(jds))
+    return {
+        "age": jd - first_jd,
+        "days_since_peak": jd - peak_jd,
+        "days_to_peak": peak_jd - first_jd,
+        "peakmag_so_far": mags[peak_i],
+        "maxmag_so_far": max(mags),
+        "nnotdet": ncovhist - ndethist,
+    }
+
+
+def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequence[Mapping] | None = None
+                         ) -> np.ndarray:
+    """(25,) float32 in METADATA_COLUMNS order. Raises AlertError with the reason.
+
+    `use_rb`: when `drb` is null or absent (old packets), use `rb` instead; off by default since the model was
+    trained on drb.
+    """
+    cand = _candidate(record)
+    out = np.empty(NUM_METADATA, np.float64)
+    for i, name in zip(_CAND_INDEX, CANDIDATE_FEATURES):
+        if name == "drb" and use_rb and cand.get("drb") is None:
+            out[i] = _field(cand, "rb")
+        else:
+            out[i] = _field(cand, name)
+    custom = custom_features(record, history)
+    for i, name in zip(_CUSTOM_INDEX, CUSTOM_FEATURES):
+        out[i] = custom[name]
+    m = out.astype(np.float32)
+    if not np.isfinite(m).all():  # finite float64 that overflows float32
+        j = int(np.flatnonzero(~np.isfinite(m))[0])
+        raise AlertError(f"{METADATA_COLUMNS[j]} = {out[j]} does not fit in float32")
+    return m
+
+
+# ----------------------------------------------------------------------------------------------- triplet
+def cutout_images(record: Mapping) -> list[np.ndarray]:
+    """The three raw cutouts (science, template, difference) as 2-D arrays, checked against spec section 2."""
+    if not isinstance(record, Mapping):
+        raise AlertError(f"record is not a mapping ({type(record).__name__})")
+    images = []
+    for name in CUTOUT_FIELDS:
+        c = record.get(name)
+        if c is None:
+            raise AlertError(f"missing or null {name}")
+        data = c.get("stampData") if isinstance(c, Mapping) else c
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise AlertError(f"{name}.stampData is {'null' if data is None else type(data).__name__}, not bytes")
+        try:
+            img = read_stamp(bytes(data))
+        except StampError as e:
+            raise AlertError(f"{name}: {e}") from None
+        if img.ndim != 2:
+            raise AlertError(f"{name}: image has {img.ndim} dimensions {img.shape}, expected 2")
+        h, w = img.shape
+        if h == 0 or w == 0 or h > IMAGE_SIZE or w > IMAGE_SIZE:
+            raise AlertError(f"{name}: image is {h}x{w}, expected at most {IMAGE_SIZE}x{IMAGE_SIZE}")
+        if not np.issubdtype(img.dtype, np.floating):
+            img = img.astype(np.float64)
+        if np.isinf(img).any():
+            raise AlertError(f"{name}: {int(np.isinf(img).sum())} inf pixel(s)")
+        if np.isnan(img).all():
+            raise AlertError(f"{name}: all {h * w} pixels are NaN")
+        images.append(img)
+    return images
+
+
+def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS) -> tuple[np.ndarray, np.ndarray]:
+    """(k, 3, h, w) raw cutouts -> (normalised float32 (k, 3, h, w), bad mask (k, 3) of all-zero cutouts)."""
+    x = stack.astype(np.float64)  # a copy; inf was rejected before, so only NaN needs replacing
+    np.copyto(x, 0.0, where=np.isnan(x))
+    norm = np.sqrt(np.einsum("kcij,kcij->kc", x, x))
+    bad = ~(norm > 0)
+    norm[bad] = 1.0
+    return (x / norm[:, :, None, None]).astype(np.float32), bad
+
+
+def _zero_reason(bad_row: np.ndarray) -> str:
+    names = [n for n, b in zip(CUTOUT_FIELDS, bad_row) if b]
+    return f"{', '.join(names)}: all pixels are zero (after NaN -> 0), L2 norm 0"
+
+
+def triplet_from_images(images: Sequence[np.ndarray]) -> np.ndarray:
+    """Three raw 2-D cutouts -> (63, 63, 3) float32 per spec section 2. Raises AlertError."""
+    out = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), PAD_VALUE, np.float32)
+    for c, img in enumerate(images):
+        norm_img, bad = _normalise_stack(np.asarray(img)[None, None])
+        if bad[0, 0]:
+            raise AlertError(_zero_reason(np.eye(3, dtype=bool)[c]))
+        h, w = img.shape
+        out[:h, :w, c] = norm_img[0, 0]
+    return out
+
+
+def triplet_from_record(record: Mapping) -> np.ndarray:
+    """(63, 63, 3) float32 triplet of one alert. Raises AlertError with the reason."""
+    return triplet_from_images(cutout_images(record))
+
+
+# --------------------------------------------------------------------------------------------------- batch
+def _ids(record: Any) -> tuple[int | None, str | None]:
+    if not isinstance(record, Mapping):
+        return None, None
+    c = record.get("candid")
+    if c is None and isinstance(record.get("candidate"), Mapping):
+        c = record["candidate"].get("candid")
+    o = record.get("objectId")
+    try:
+        c = int(c) if c is not None and not isinstance(c, bool) else None
+    except (TypeError, ValueError):
+        c = None
+    return c, (o if isinstance(o, str) else None)
+
+
+def _name(source: str, candid: int | None, oid: str | None) -> str:
+    who = " ".join(x for x in (oid, f"candid {candid}" if candid is not None else None) if x)
+    return f"{who} ({source})" if who else source
+
+
+def _kind(reason: str) -> str:
+    """Short category of a rejection reason, for the summary's counts."""
+    r = reason.lower()
+    for key, kind in (("corrupt gzip", "corrupt gzip"), ("not gzip", "corrupt gzip"),
+                      ("not a readable fits", "stamp not FITS"), ("no image data", "stamp not FITS"),
+                      ("expected at most", "wrong image dimensions"), ("dimensions", "wrong image dimensions"),
+                      ("l2 norm 0", "all-zero cutout"), ("are nan", "all-NaN cutout"),
+                      ("inf pixel", "inf pixels"), ("non-finite", "non-finite value"),
+                      ("does not fit in float32", "non-finite value"), ("jdstarthist", "null jdstarthist"),
+                      ("null", "missing or null field"), ("missing", "missing or null field"),
+                      ("not a number", "bad field type"), ("not bytes", "bad field type"),
+                      ("empty file", "empty file"), ("truncated", "truncated avro"),
+                      ("corrupt avro", "corrupt avro"), ("not an avro", "corrupt avro"),
+                      ("parquet", "unreadable parquet"), ("tarball", "corrupt tarball"),
+                      ("cannot read", "unreadable file")):
+        if key in r:
+            return kind
+    return "invalid alert"
+
+
+def _history_for(history, record: Mapping) -> Sequence[Mapping] | None:
+    if history is None:
+        return None
+    if isinstance(history, Mapping):  # objectId -> earlier entries of that source
+        return history.get(record.get("objectId"))
+    return history  # a plain sequence: entries of this very source (single-source batches)
+
+
+def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
+                  history: Mapping[str, Sequence[Mapping]] | Sequence[Mapping] | None = None) -> Prepared:
+    """Alerts (RawAlert or decoded packet dicts) -> model inputs for the good ones, reasons for the rest.
+
+    `history`: earlier alerts/light-curve entries the caller has, as {objectId: [entries...]} (or one sequence
+    when all alerts are of one source); see `custom_features`. Always `len(alerts) == len(info) + len(rejected)`.
+    """
+    rejected: list[Rejected] = []
+    metas: list[np.ndarray] = []
+    rows: list[tuple] = []
+    full: list[list[np.ndarray]] = []   # three 63x63 cutouts per alert, normalised together below
+    partial: dict[int, list[np.ndarray]] = {}  # row -> cutouts of which one or more is smaller than 63x63
+
+    for i, a in enumerate(alerts):
+        if isinstance(a, RawAlert):
+            source, record, error = a.source, a.record, a.error
+        else:
+            source, record, error = f"batch#{i}", a, None
+        candid, oid = _ids(record)
+        if error is not None or record is None:
+            reason = error or "no record"
+            rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {reason}", candid, oid, _kind(reason)))
+            continue
+        try:
+            meta = metadata_from_record(record, use_rb=use_rb, history=_history_for(history, record))
+            images = cutout_images(record)
+        except AlertError as e:
+            rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {e}", candid, oid, _kind(str(e))))
+            continue
+        cand = record["candidate"]
+        row = len(rows)
+        rows.append((candid, oid, float(cand["jd"]), float(cand["magpsf"]), cand.get("fid"), source))
+        metas.append(meta)
+        if all(img.shape == (IMAGE_SIZE, IMAGE_SIZE) for img in images):
+            full.append(images)
+            partial[row] = None
+        else:
+            partial[row] = images
+
+    n = len(rows)
+    triplets = np.full((n, IMAGE_SIZE, IMAGE_SIZE, 3), PAD_VALUE, np.float32)
+    keep = np.ones(n, bool)
+    full_rows = [r for r, v in partial.items() if v is None]
+    if full_rows:
+        normed, bad = _normalise_stack(np.stack([np.stack(imgs) for imgs in full]))
+        triplets[full_rows] = normed.transpose(0, 2, 3, 1)
+        for j in np.flatnonzero(bad.any(axis=1)):
+            keep[full_rows[j]] = False
+            r = rows[full_rows[j]]
+            reason = _zero_reason(bad[j])
+            rejected.append(Rejected(r[5], f"{_name(r[5], r[0], r[1])}: {reason}", r[0], r[1], _kind(reason)))
+    for r, images in partial.items():
+        if images is None:
+            continue
+        try:
+            triplets[r] = triplet_from_images(images)
+        except AlertError as e:
+            keep[r] = False
+            rr = rows[r]
+            rejected.append(Rejected(rr[5], f"{_name(rr[5], rr[0], rr[1])}: {e}", rr[0], rr[1], _kind(str(e))))
+
+    info = pd.DataFrame(rows, columns=list(INFO_COLUMNS))
+    info["candid"] = info["candid"].astype("Int64")
+    info["fid"] = info["fid"].astype("Int64")
+    metadata = np.stack(metas) if metas else np.zeros((0, NUM_METADATA), np.float32)
+    if not keep.all():
+        triplets, metadata = triplets[keep], metadata[keep]
+        info = info[keep].reset_index(drop=True)
+    assert len(info) + len(rejected) == len(alerts)
+    return Prepared(triplets, metadata, info, rejected)
+
+
+__all__ = ["AlertError", "Rejected", "Prepared", "prepare_batch", "triplet_from_record", "metadata_from_record",
+           "custom_features", "cutout_images", "triplet_from_images", "CANDIDATE_FEATURES", "CUSTOM_FEATURES",
+           "CUTOUT_FIELDS", "INFO_COLUMNS"]
