@@ -1,0 +1,108 @@
+"""`btsbot-stream`: score ZTF/Rubin avro alerts live from Kafka, at-least-once, with dead letters.
+
+    btsbot-stream --bootstrap_servers=HOST:PORT --topics=ztf_20231012_programid1 --group_id=btsbot \\
+        --checkpoint=CKPT --output_topic=btsbot_scores --dead_letter_topic=btsbot_dead_letters \\
+        [--output=scores.parquet] [--max_batch=256 --max_wait_ms=500] [--max_alerts=N] [--idle_timeout_s=S]
+
+Run more copies with the same --group_id to split the partitions. SIGTERM/SIGINT finish the current batch, commit
+it and exit 0 with a JSON summary on stdout; a second signal aborts at once (the batch is then re-delivered).
+Exit status: 0 stopped cleanly, 1 delivery/commit failure (nothing committed past what was delivered), 2 bad flags.
+"""
+
+import json
+import logging
+import os
+import signal
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("bootstrap_servers", None, "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
+flags.DEFINE_list("topics", None, "Input topics (avro alert packets), comma-separated; a name starting with ^ is a "
+                  "regex subscription, e.g. ^ztf_.*_programid1$.")
+flags.DEFINE_string("group_id", None, "Consumer group id; processes with the same id share the partitions.")
+flags.DEFINE_string("checkpoint", None, "Model directory (or training workdir) to score with.")
+flags.DEFINE_string("output_topic", None, "Topic for the JSON results (one message per alert, keyed by candid).")
+flags.DEFINE_string("output", None, "Also write results to this parquet dataset directory (one part file per batch; "
+                    "dead letters to X.rejected.parquet beside it).")
+flags.DEFINE_string("dead_letter_topic", None, "Topic for alerts that cannot be scored: original bytes as the value, "
+                    "reason in the headers.")
+flags.DEFINE_integer("max_batch", 256, "Most messages per micro-batch.")
+flags.DEFINE_integer("max_wait_ms", 500, "Longest wait to fill a micro-batch.")
+flags.DEFINE_integer("max_alerts", None, "Stop after this many messages (tests, backfills).")
+flags.DEFINE_float("idle_timeout_s", None, "Stop after this many seconds without a message (drain a topic).")
+flags.DEFINE_float("log_every_s", 10.0, "Seconds between progress log lines.")
+flags.DEFINE_float("flush_timeout_s", 60.0, "Longest wait for the broker to acknowledge a batch's results.")
+flags.DEFINE_boolean("use_rb", False, "Use candidate.rb instead of drb for the drb feature (pre-2020 alerts).")
+flags.DEFINE_boolean("create_topics", True, "Create missing output/dead-letter topics at start.")
+flags.DEFINE_integer("output_partitions", 1, "Partitions of the output topics this command creates.")
+flags.DEFINE_multi_string("consumer_config", [], "Extra librdkafka consumer setting key=value (repeatable), e.g. "
+                          "session.timeout.ms=6000, security.protocol=SASL_SSL.")
+flags.DEFINE_multi_string("producer_config", [], "Extra librdkafka producer setting key=value (repeatable).")
+
+
+def _main(argv):
+    del argv
+    from btsbot_jax.stream import StreamConfig, StreamError, StreamScorer, parse_config_pairs, warmup
+
+    log = logging.getLogger("btsbot_jax.stream")
+    try:
+        cfg = StreamConfig(
+            bootstrap_servers=FLAGS.bootstrap_servers, topics=FLAGS.topics, group_id=FLAGS.group_id,
+            output_topic=FLAGS.output_topic, dead_letter_topic=FLAGS.dead_letter_topic, output_path=FLAGS.output,
+            max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, max_alerts=FLAGS.max_alerts,
+            idle_timeout_s=FLAGS.idle_timeout_s, log_every_s=FLAGS.log_every_s,
+            flush_timeout_s=FLAGS.flush_timeout_s, use_rb=FLAGS.use_rb, create_topics=FLAGS.create_topics,
+            output_partitions=FLAGS.output_partitions,
+            consumer_config=parse_config_pairs(FLAGS.consumer_config),
+            producer_config=parse_config_pairs(FLAGS.producer_config))
+        cfg.validate()
+    except ValueError as e:
+        print(f"btsbot-stream: error: {e}", file=sys.stderr)
+        return 2
+
+    from absl import logging as absl_logging
+
+    from btsbot_jax.checkpoint import CheckpointError
+    from btsbot_jax.scorer import load_scorer
+
+    if absl_logging.get_verbosity() <= absl_logging.INFO:  # keep orbax/jax chatter out, our INFO lines in
+        absl_logging.set_verbosity(absl_logging.WARNING)
+        log.setLevel(logging.INFO)
+    try:
+        scorer = load_scorer(FLAGS.checkpoint)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:
+        print(f"btsbot-stream: error: cannot load --checkpoint={FLAGS.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    warmup(scorer, cfg.max_batch)  # compile before joining the group, so the first batch is not slow
+    stream = StreamScorer(scorer, cfg, logger=log)
+
+    def on_signal(signum, _frame):
+        name = signal.Signals(signum).name
+        if stream.stopping:  # second signal: abort now; the uncommitted batch is re-delivered
+            log.warning("%s again: aborting without finishing the batch", name)
+            raise KeyboardInterrupt
+        log.info("%s: finishing the current batch, committing, exiting", name)
+        stream.stop(f"{name} received")
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        summary = stream.run()
+    except StreamError as e:
+        log.error("%s", e)
+        print(json.dumps({"error": str(e), **stream.stats.summary()}, sort_keys=True), flush=True)
+        return 1
+    print(json.dumps({"model_version": stream.model_version, **summary}, sort_keys=True), flush=True)
+    return 0
+
+
+def main():
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    flags.mark_flags_as_required(["bootstrap_servers", "topics", "group_id", "checkpoint"])
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()
