@@ -116,9 +116,14 @@ class Scorer:
 
 
 def load_scorer(checkpoint: str | os.PathLike, buckets: Sequence[int] = DEFAULT_BUCKETS, **kwargs) -> Scorer:
-    """Scorer for a model directory or a training workdir (its best checkpoint)."""
+    """Scorer for a model directory or a training workdir (its best checkpoint). For an export directory
+    (btsbot-export) it returns the same interface over that format's runtime (btsbot_jax.runtimes)."""
     model_dir = resolve_checkpoint(checkpoint)
-    read_model_card(model_dir)
+    card = read_model_card(model_dir)
+    from btsbot_jax import runtimes  # light module; each runtime is imported only by the scorer that uses it
+
+    if runtimes.is_export_card(card):
+        return runtimes.load_exported(model_dir, buckets=buckets, **kwargs)
     model, card = load_model(model_dir, **kwargs)
     return Scorer(model, card, buckets=buckets)
 
