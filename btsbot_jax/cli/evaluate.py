@@ -1,0 +1,88 @@
+"""`btsbot-evaluate`: the paper's evaluation as one command.
+
+    btsbot-evaluate --checkpoint=CKPT --data=DIR_OR_FILES --split=test --out=REPORT_DIR
+    btsbot-evaluate --scores=FILE --out=REPORT_DIR
+
+CKPT is a model directory, a training workdir (its best checkpoint; its metrics.csv gives the training curves) or
+an export directory: whatever `load_scorer` accepts. DIR_OR_FILES is a directory in the training-set format or
+comma-separated `{split}_cand_{version}_N{n}.csv` files. FILE is a CSV/parquet table of objectId, jd, magpsf, label,
+score (+ save_jd, trigger_jd), e.g. another model's or a scanner's output.
+"""
+
+import os
+import sys
+
+from absl import app, flags
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("checkpoint", None, "Model dir, training workdir (uses best/) or export dir to score --data.")
+flags.DEFINE_string("data", None, "Training-set format directory, or comma-separated {split}_cand_*_N*.csv files.")
+flags.DEFINE_string("split", "test", "Split to evaluate when --data is a directory.")
+flags.DEFINE_string("data_version", None, "Dataset version in the file names (e.g. v10) when several are present.")
+flags.DEFINE_integer("n_max", None, "N_max in the file names (e.g. 100) when several are present.")
+flags.DEFINE_string("scores", None, "Existing scores table (CSV or parquet) to evaluate instead of a checkpoint.")
+flags.DEFINE_string("out", None, "Report directory (report.json, sources.csv, rejected.csv, figures).")
+flags.DEFINE_float("threshold", 0.5, "Alert-level decision: score > threshold.")
+flags.DEFINE_list("policies", ["bts_p1", "bts_p2"], "Source-level policies to evaluate (registered names).")
+flags.DEFINE_multi_string("policy_module", [], "Module name or .py file to import first; it registers extra "
+                                               "policies with btsbot_jax.policies.register_policy.")
+flags.DEFINE_integer("min_alerts", 2, "Sources need at least this many alerts to be evaluated (spec: 2).")
+flags.DEFINE_string("training_metrics", None, "metrics.csv of a training run (default: the checkpoint's workdir).")
+flags.DEFINE_integer("batch_size", 4096, "Alerts read from the triplet memory map per scoring step.")
+flags.DEFINE_bool("figures", True, "Write the PNG figures.")
+flags.DEFINE_bool("progress", True, "Show a progress bar while scoring.")
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if (FLAGS.checkpoint is None) == (FLAGS.scores is None):
+        raise app.UsageError("give exactly one of --checkpoint (with --data) or --scores")
+    if FLAGS.checkpoint is not None and not FLAGS.data:
+        raise app.UsageError("--checkpoint needs --data (a training-set directory or cand CSV files)")
+    if FLAGS.scores is not None and FLAGS.data:
+        raise app.UsageError("--data is only used with --checkpoint")
+
+    from btsbot_jax.evaluate import (
+        EvaluationError,
+        evaluate_dataset,
+        evaluate_scores,
+        read_scores_table,
+        summary_lines,
+        write_report,
+    )
+    from btsbot_jax.policies import PolicyError, load_policy_module
+
+    kwargs = dict(policies=FLAGS.policies, threshold=FLAGS.threshold, min_alerts=FLAGS.min_alerts)
+    try:
+        for mod in FLAGS.policy_module:
+            load_policy_module(mod)
+        if FLAGS.scores is not None:
+            ev = evaluate_scores(read_scores_table(FLAGS.scores),
+                                 input_info={"mode": "scores", "scores": os.path.abspath(FLAGS.scores)}, **kwargs)
+        else:
+            ev = evaluate_dataset(FLAGS.checkpoint, FLAGS.data, FLAGS.split, version=FLAGS.data_version,
+                                  n_max=FLAGS.n_max, batch_size=FLAGS.batch_size, progress=FLAGS.progress, **kwargs)
+        files = write_report(ev, FLAGS.out, training_metrics=FLAGS.training_metrics, figures=FLAGS.figures)
+    except (EvaluationError, PolicyError, ValueError, FileNotFoundError) as e:
+        print(f"btsbot-evaluate: error: {e}", file=sys.stderr)
+        return 2
+    for line in summary_lines(ev.report):
+        print(line)
+    print(f"report: {files['report']}")
+    for name, path in files.items():
+        if name != "report":
+            print(f"  {name}: {path}")
+    for name, why in ev.report.get("figures_skipped", {}).items():
+        print(f"  (no {name} figure: {why})")
+    return 0
+
+
+def main():
+    flags.mark_flag_as_required("out")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

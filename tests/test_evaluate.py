@@ -1,0 +1,250 @@
+"""End-to-end evaluation: the 39 real labelled alerts scored by the imported v1.0.1 model (checked against sklearn
+and a plain loop of the policies), both CLI modes, rejected rows, figures, custom policies."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn import metrics as skm
+
+from btsbot_jax.evaluate import (
+    EvaluationError,
+    check_scores_table,
+    evaluate_dataset,
+    evaluate_scores,
+    read_scores_table,
+    write_report,
+)
+
+FIGURES = ("roc", "confusion_matrix", "score_vs_magpsf", "completeness_purity", "timeliness")
+
+
+def _policy_loop(table, bright_limit):
+    """Reference: each source's alerts in jd order, the spec's rule checked alert by alert."""
+    out = {}
+    for oid, src in table.sort_values("jd", kind="stable").groupby("objectId", sort=False):
+        n_pos, brightest, out[oid] = 0, np.inf, None
+        for r in src.itertuples():
+            brightest = min(brightest, r.magpsf)
+            n_pos += r.score > 0.5 and r.magpsf < 19
+            if n_pos >= 2 and (bright_limit is None or brightest <= bright_limit):
+                out[oid] = (r.jd, r.magpsf)
+                break
+    return out
+
+
+def _png_ok(path):
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    return img.ndim == 3 and img.shape[0] > 300 and img.shape[1] > 300
+
+
+def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
+    from btsbot_jax.scorer import load_scorer
+
+    table, triplets, metadata = usage_examples
+    scores = load_scorer(v101_checkpoint)(triplets, metadata)
+    t = table[["objectId", "jd", "magpsf", "label"]].assign(score=scores)
+    ev = evaluate_scores(t)
+    a = ev.report["alert_level"]
+    y, pred = t["label"].to_numpy(), (scores > 0.5).astype(int)
+    # independent computation straight from sklearn
+    assert a["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
+    assert a["balanced_accuracy"] == pytest.approx(skm.balanced_accuracy_score(y, pred))
+    assert a["roc_auc"] == pytest.approx(skm.roc_auc_score(y, scores))
+    assert a["precision"] == pytest.approx(skm.precision_score(y, pred))
+    assert a["recall"] == pytest.approx(skm.recall_score(y, pred))
+    assert a["f1"] == pytest.approx(skm.f1_score(y, pred))
+    np.testing.assert_allclose(a["confusion_matrix_normalized"], skm.confusion_matrix(y, pred, normalize="true"))
+    assert a["n_alerts"] == 39 and a["n_positive"] == int(y.sum())
+    # source level against the loop reference
+    src = ev.sources.set_index("objectId")
+    label = t.groupby("objectId")["label"].first()
+    peak = t.groupby("objectId")["magpsf"].min()
+    assert set(src.index) == set(label.index)
+    for name, bright in (("bts_p1", None), ("bts_p2", 18.5)):
+        ref = _policy_loop(t, bright)
+        for oid, sel in ref.items():
+            assert bool(src.loc[oid, f"{name}_selected"]) == (sel is not None)
+            if sel is not None:
+                assert (src.loc[oid, f"{name}_jd"], src.loc[oid, f"{name}_magpsf"]) == sel
+        inc = [o for o in ref if (t["objectId"] == o).sum() >= 2 and not (label[o] == 1 and peak[o] > 18.5)]
+        tp = sum(ref[o] is not None and label[o] == 1 for o in inc)
+        fp = sum(ref[o] is not None and label[o] == 0 for o in inc)
+        fn = sum(ref[o] is None and label[o] == 1 for o in inc)
+        p = ev.report["source_level"]["policies"][name]
+        assert (p["TP"], p["FP"], p["FN"]) == (tp, fp, fn)
+        assert p["completeness"] == pytest.approx(tp / (tp + fn)) and p["purity"] == pytest.approx(tp / (tp + fp))
+    p2 = ev.report["source_level"]["policies"]["bts_p2"]
+    print(f"\nv1.0.1 on the 39 real alerts: accuracy {a['accuracy']:.4f}, balanced accuracy "
+          f"{a['balanced_accuracy']:.4f}, AUC {a['roc_auc']:.4f}, precision {a['precision']:.4f}, recall "
+          f"{a['recall']:.4f}, F1 {a['f1']:.4f}; bts_p2 completeness {p2['completeness']}, purity {p2['purity']}; "
+          f"selections {src[['bts_p1_jd', 'bts_p1_magpsf', 'bts_p2_jd', 'bts_p2_magpsf']].to_dict('index')}")
+
+
+def _dataset_dir(tmp_path, usage_examples):
+    """The 39 real alerts written in the training-set format, with a made-up human save time and one bad row."""
+    table, triplets, _ = usage_examples
+    d = tmp_path / "data"
+    d.mkdir()
+    cand = table.drop(columns=["expected_scores"]).copy()
+    bts = "ZTF23abhvlji"
+    cand["save_jd"] = np.where(cand["objectId"] == bts, cand.loc[cand["objectId"] == bts, "jd"].sort_values().iloc[2],
+                               np.nan)
+    cand.loc[5, "sky"] = np.nan  # an alert the model must not score: rejected with its reason
+    cand.to_csv(d / "test_cand_v10_N100.csv", index=False)
+    np.save(d / "test_triplets_v10_N100.npy", triplets.astype(np.float32))
+    return d
+
+
+def _workdir(tmp_path, v101_checkpoint):
+    """A training workdir as the trainer leaves it: best/ checkpoint and metrics.csv."""
+    w = tmp_path / "workdir"
+    w.mkdir()
+    (w / "best").symlink_to(v101_checkpoint, target_is_directory=True)
+    e = np.arange(1, 7)
+    pd.DataFrame({"epoch": e, "loss": 0.6 / e, "val_loss": 0.5 / e + 0.02 * (e == 6), "accuracy": 1 - 0.3 / e,
+                  "val_accuracy": 1 - 0.35 / e, "val_auc": 1 - 0.2 / e, "lr": 1e-4 * 0.4 ** (e // 5)}
+                 ).to_csv(w / "metrics.csv", index=False)
+    return w
+
+
+def test_cli_dataset_mode_with_workdir_matches_scores_mode(tmp_path, v101_checkpoint, usage_examples):
+    data = _dataset_dir(tmp_path, usage_examples)
+    work = _workdir(tmp_path, v101_checkpoint)
+    out = tmp_path / "report"
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.evaluate", f"--checkpoint={work}", f"--data={data}",
+                        "--split=test", f"--out={out}", "--noprogress"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "bts_p2: completeness" in r.stdout
+    rep = json.loads((out / "report.json").read_text())
+    inp = rep["input"]
+    assert (inp["n_input_alerts"], inp["n_evaluated_alerts"], inp["n_rejected_alerts"]) == (39, 38, 1)
+    assert inp["rejected_by_reason"] == {"metadata not finite: sky": 1}
+    assert inp["model"]["version"] == "v1.0.1" and inp["training_metrics"].endswith("metrics.csv")
+    rej = pd.read_csv(out / "rejected.csv")
+    assert rej.loc[0, "row"] == 5 and rej.loc[0, "candid"] == usage_examples[0].loc[5, "candid"]
+    # the scores it computed are the published v1.0.1 scores
+    scores = pd.read_csv(out / "scores.csv")
+    expected = usage_examples[0]["expected_scores"].drop(index=5).to_numpy()
+    np.testing.assert_allclose(scores["score"].to_numpy(), expected, atol=1e-5)
+    for f in (*FIGURES, "training_curves"):
+        assert _png_ok(out / f"{f}.png"), f
+    # timeliness with the made-up save time: selected at the 2nd alert, saved at the 3rd
+    t = rep["source_level"]["policies"]["bts_p2"]["timeliness"]["save_jd"]
+    jds = np.sort(usage_examples[0].loc[usage_examples[0]["objectId"] == "ZTF23abhvlji", "jd"].to_numpy())
+    assert t["n"] == 1 and t["median_days"] == pytest.approx(jds[1] - jds[2])
+    assert t["median_hours"] == pytest.approx((jds[1] - jds[2]) * 24)
+    # the scores table it wrote reproduces every number in scores mode
+    again = evaluate_scores(read_scores_table(out / "scores.csv"))
+    assert again.report["alert_level"] == rep["alert_level"]
+    assert again.report["source_level"] == rep["source_level"]
+    src = pd.read_csv(out / "sources.csv").fillna({"excluded_reason": ""})
+    pd.testing.assert_frame_equal(src, again.sources.reset_index(drop=True), check_dtype=False)
+
+
+def test_evaluate_dataset_in_process(tmp_path, v101_checkpoint, usage_examples):
+    """Library entry point with a data file path and an explicit scorer object; writes without figures."""
+    from btsbot_jax.scorer import load_scorer
+
+    data = _dataset_dir(tmp_path, usage_examples)
+    ev = evaluate_dataset(load_scorer(v101_checkpoint), str(data / "test_cand_v10_N100.csv"), progress=False,
+                          threshold=0.9)
+    assert ev.report["alert_level"]["threshold"] == 0.9 and len(ev.alerts) == 38 and len(ev.rejected) == 1
+    files = write_report(ev, tmp_path / "r", figures=False)
+    assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.json", "sources.csv", "rejected.csv",
+                                                           "scores.csv"}
+    assert files["report"].is_file()
+
+
+def _scores_table():
+    rows = []
+    for oid, label, save, trig, alerts in [
+        ("A", 1, 3.5, 2.5, [(1, 18.2, 0.9), (2, 18.0, 0.7), (3, 18.9, 0.9)]),
+        ("B", 1, 1.0, None, [(1, 18.4, 0.8), (2, 18.6, 0.95), (3, 18.7, 0.99)]),
+        ("C", 0, None, None, [(1, 17.5, 0.6), (2, 17.6, 0.7)]),
+        ("D", 0, None, None, [(1, 19.5, 0.9), (2, 19.2, 0.1)]),
+        ("E", None, None, None, [(1, 18.0, 0.9), (2, 18.0, 0.9)]),
+    ]:
+        for day, mag, score in alerts:
+            rows.append({"objectId": oid, "jd": 2460100.0 + day, "magpsf": mag, "score": score,
+                         "label": label, "save_jd": None if save is None else 2460100.0 + save,
+                         "trigger_jd": None if trig is None else 2460100.0 + trig})
+    rows.append({"objectId": "C", "jd": 2460103.0, "magpsf": 17.0, "score": np.nan, "label": 0})
+    return pd.DataFrame(rows)
+
+
+def test_cli_scores_mode_parquet_and_custom_policy(tmp_path):
+    path = tmp_path / "scores.parquet"
+    _scores_table().to_parquet(path)
+    mod = tmp_path / "my_policies.py"
+    mod.write_text(textwrap.dedent("""
+        from btsbot_jax.policies import group_cumsum, register_policy
+
+        @register_policy("any_positive", "one alert with score > 0.5")
+        def any_positive(a):
+            return group_cumsum(a.score > 0.5, a) >= 1
+    """))
+    out = tmp_path / "rep"
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.evaluate", f"--scores={path}", f"--out={out}",
+                        f"--policy_module={mod}", "--policies=bts_p1,bts_p2,any_positive"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads((out / "report.json").read_text())
+    assert (rep["input"]["n_input_alerts"], rep["input"]["n_rejected_alerts"]) == (13, 1)
+    assert rep["input"]["rejected_by_reason"] == {"score is missing": 1}
+    pols = rep["source_level"]["policies"]
+    # A: TP at day 2 (save 3.5, trigger 2.5); B: TP at day 2 for p1 and p2 (brightest 18.4); C: FP; D: TN (19.5 and
+    # score 0.1); E unlabelled
+    assert (pols["bts_p2"]["TP"], pols["bts_p2"]["FP"], pols["bts_p2"]["TN"]) == (2, 1, 1)
+    assert pols["any_positive"]["FP"] == 2 and pols["any_positive"]["description"] == "one alert with score > 0.5"
+    ts = pols["bts_p2"]["timeliness"]["save_jd"]
+    assert ts["n"] == 2 and ts["median_days"] == pytest.approx(((2 - 3.5) + (2 - 1.0)) / 2)
+    tt = pols["bts_p2"]["timeliness"]["trigger_jd"]
+    assert tt["n"] == 1 and tt["median_hours"] == pytest.approx(-0.5 * 24)
+    for f in FIGURES:
+        assert _png_ok(out / f"{f}.png"), f
+    assert not (out / "scores.csv").exists() and not (out / "training_curves.png").exists()
+    assert "training_curves" in rep["figures_skipped"]
+    src = pd.read_csv(out / "sources.csv").set_index("objectId")
+    assert src.loc["E", "bts_p1_selected"] and not src.loc["E", "included"]
+    assert src.loc["A", "bts_p2_jd"] == 2460102.0 and src.loc["A", "bts_p2_magpsf"] == 18.0
+
+
+def test_cli_refuses_bad_usage(tmp_path):
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.evaluate", f"--out={tmp_path}"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "exactly one of --checkpoint" in r.stderr
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"objectId": ["a"], "jd": [1.0], "score": [0.3]}).to_csv(bad, index=False)
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.evaluate", f"--scores={bad}", f"--out={tmp_path}/o"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "lacks column(s) ['magpsf']" in r.stderr
+
+
+def test_scores_table_checks():
+    t = _scores_table()
+    clean, rej = check_scores_table(t)
+    assert len(clean) + len(rej) == len(t) and rej["reason"].tolist() == ["score is missing"]
+    t2 = t.copy()
+    t2.loc[3, "label"] = 2
+    with pytest.raises(EvaluationError, match=r"label must be 0, 1 or empty.*row 3 \(objectId 'B'"):
+        check_scores_table(t2)
+    t3 = t.copy().astype({"magpsf": object})
+    t3.loc[0, "magpsf"] = "bright"
+    t3.loc[1, "objectId"] = None
+    _, rej = check_scores_table(t3)
+    assert rej.set_index("row")["reason"].to_dict() == {0: "magpsf is not a number", 1: "objectId is missing",
+                                                        12: "score is missing"}
+    no_label = t.drop(columns=["label", "save_jd", "trigger_jd"]).dropna()
+    ev = evaluate_scores(no_label)  # nothing labelled: selections still recorded, metrics undefined
+    assert ev.report["alert_level"]["accuracy"] is None
+    assert ev.report["source_level"]["inclusion"]["n_included"] == 0
+    assert ev.sources["bts_p1_selected"].sum() == 4
+    with pytest.raises(EvaluationError, match="unknown scores table format"):
+        read_scores_table(__file__)
