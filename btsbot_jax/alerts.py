@@ -7,9 +7,14 @@ read at all raises `AlertReadError`.
 
 Avro: ZTF writes one small Object Container File per alert, each repeating the ~20 kB schema. fastavro's
 `reader` re-parses that schema for every file (~3-4 ms, more than decoding the alert itself), so this module walks
-the container framing itself (magic, metadata, sync-delimited blocks) and decodes each record with
-`fastavro.schemaless_reader` and a parsed schema cached by its text. Codecs other than null/deflate go through
-`fastavro.reader`. tests/test_alerts.py checks the records equal `fastavro.reader`'s on all real packets.
+the container framing itself (magic, metadata, sync-delimited blocks) and decodes each record with a decoder
+compiled once per schema text (`btsbot_jax.avro_decoder`; fastavro's `schemaless_reader` where a schema is beyond
+it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_alerts.py checks the records equal
+`fastavro.reader`'s on all real packets.
+
+`projection=SCORING_PROJECTION` decodes only what scoring needs from the light-curve arrays (a few fields of each
+`prv_candidates` entry, no `fp_hists`) and skips the rest without building it: ~3x less decoding work on a
+typical ZTF alert. The default is the full packet.
 
 Sharding: records are numbered in reading order across all paths (the record ordinal); shard k of N keeps the
 ordinals with `ordinal % N == k`. Every shard sees the same order, so N shards cover every record exactly once.
@@ -32,6 +37,8 @@ from typing import Any
 
 import fastavro
 
+from btsbot_jax.avro_decoder import SKIP, compile_decoder
+
 AVRO_MAGIC = b"Obj\x01"
 PARQUET_MAGIC = b"PAR1"
 AVRO_SUFFIXES = (".avro",)
@@ -41,6 +48,10 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ZTF_TOP_LEVEL = ("schemavsn", "publisher", "objectId", "candid", "candidate", "prv_candidates", "fp_hists",
                  "cutoutScience", "cutoutTemplate", "cutoutDifference")
 PARQUET_BATCH_ROWS = 256
+# What prepare_batch needs (and a little more for light-curve users): every candidate field, a few fields of each
+# prv_candidates entry, no forced-photometry history.
+PRV_SCORING_FIELDS = ("jd", "fid", "pid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos", "candid", "programid")
+SCORING_PROJECTION = {"prv_candidates": PRV_SCORING_FIELDS, "fp_hists": SKIP}
 
 
 class AlertReadError(OSError):
@@ -96,23 +107,53 @@ class ReadStats:
 
 
 # --------------------------------------------------------------------------------------------------- avro
+def project(record: dict, projection: dict | None) -> dict:
+    """Apply a projection (see `avro_decoder.compile_decoder`) to an already decoded record."""
+    if not projection or not isinstance(record, dict):
+        return record
+    out = {}
+    for k, v in record.items():
+        sub = projection.get(k)
+        if sub == SKIP:
+            continue
+        if sub is not None:
+            if isinstance(v, list):
+                v = [{f: e[f] for f in sub if f in e} if isinstance(e, dict) else e for e in v]
+            elif isinstance(v, dict):
+                v = {f: v[f] for f in sub if f in v}
+        out[k] = v
+    return out
+
+
+def _fastavro_decoder(parsed, projection):
+    def decode(b: bytes, p: int):
+        fo = io.BytesIO(b)
+        fo.seek(p)
+        rec = fastavro.schemaless_reader(fo, parsed, None)
+        return project(rec, projection), fo.tell()
+    return decode
+
+
 class _SchemaCache:
-    """Parsed fastavro schemas keyed by their JSON text (ZTF repeats one schema in every file)."""
+    """Record decoders keyed by the schema's JSON text and the projection (ZTF repeats one schema per file)."""
 
     def __init__(self, size: int = 32):
-        self._d: OrderedDict[bytes, Any] = OrderedDict()
+        self._d: OrderedDict[tuple, Any] = OrderedDict()
         self._size = size
 
-    def get(self, text: bytes):
-        s = self._d.get(text)
-        if s is None:
-            s = fastavro.parse_schema(json.loads(text))
-            self._d[text] = s
+    def get(self, text: bytes, projection: dict | None = None, key: str = ""):
+        k = (text, key)
+        dec = self._d.get(k)
+        if dec is None:
+            schema = json.loads(text)
+            parsed = fastavro.parse_schema(schema)  # validates the schema whichever decoder runs
+            dec = compile_decoder(schema, projection) or _fastavro_decoder(parsed, projection)
+            self._d[k] = dec
             if len(self._d) > self._size:
                 self._d.popitem(last=False)
         else:
-            self._d.move_to_end(text)
-        return s
+            self._d.move_to_end(k)
+        return dec
 
 
 _SCHEMAS = _SchemaCache()
@@ -170,9 +211,11 @@ def _parse_container_header(buf: bytes) -> tuple[dict[str, bytes], bytes, int]:
 
 
 class _Ordinals:
-    """Record numbering across all paths of one read, and the shard filter."""
+    """Record numbering across all paths of one read, the shard filter, and the decoding options."""
 
-    def __init__(self, num_shards: int, shard_index: int, stats: ReadStats):
+    def __init__(self, num_shards: int, shard_index: int, stats: ReadStats, projection: dict | None = None):
+        self.projection = projection or None
+        self.projection_key = json.dumps(projection, sort_keys=True) if projection else ""
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise ValueError(f"need num_shards >= 1 and 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
         self.n = num_shards
@@ -221,7 +264,7 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
         if schema_text is None:
             raise _Corrupt("no avro.schema in the header")
         try:
-            schema = _SCHEMAS.get(schema_text)
+            schema = _SCHEMAS.get(schema_text, ords.projection, ords.projection_key)
         except Exception as e:
             raise _Corrupt(f"unusable writer schema: {type(e).__name__}: {e}") from None
     except _Corrupt as e:
@@ -292,15 +335,18 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
         pos += 16
 
 
-def _decode_block(data: bytes, schema, count: int, mine: list[int], base: str, index: int, always_index: bool,
-                  total: int | None, stats: ReadStats, truncated_reason: str | None = None) -> Iterator[RawAlert]:
+def _decode_block(data: bytes, decode, count: int, mine: list[int], base: str, index: int, always_index: bool,
+                  total: int, stats: ReadStats, truncated_reason: str | None = None) -> Iterator[RawAlert]:
     """Decode the records of one block; only those at positions `mine` are yielded (the rest belong to others)."""
-    fo = io.BytesIO(data)
     wanted = set(mine) if len(mine) != count else None
+    p = 0
+    n = len(data)
     for j in range(count):
         src = _name(base, index + j, always_index, total)
         try:
-            rec = fastavro.schemaless_reader(fo, schema, None)
+            rec, p = decode(data, p)
+            if p > n:
+                raise EOFError("record runs past the end of its block")
         except Exception as e:
             reason = truncated_reason or f"corrupt avro record: {type(e).__name__}: {e}"
             for jj in range(j, count):
@@ -310,7 +356,7 @@ def _decode_block(data: bytes, schema, count: int, mine: list[int], base: str, i
             return
         if wanted is None or j in wanted:
             # In a truncated block, a record that reaches the cut may have been read short: not trusted.
-            if truncated_reason is not None and fo.tell() >= len(data):
+            if truncated_reason is not None and p >= n:
                 yield _emit(stats, RawAlert(src, None, truncated_reason))
             else:
                 yield _emit(stats, RawAlert(src, rec))
@@ -326,7 +372,7 @@ def _decode_with_fastavro(buf: bytes, base: str, ords: _Ordinals, always_index: 
         reader = fastavro.reader(io.BytesIO(buf))
         for rec in reader:
             for _ in ords.take(1):
-                yield _emit(stats, RawAlert(_name(base, i, always_index, 2 if i else None), rec))
+                yield _emit(stats, RawAlert(_name(base, i, always_index, 2), project(rec, ords.projection)))
             i += 1
     except Exception as e:
         for _ in ords.take(1):
@@ -334,12 +380,13 @@ def _decode_with_fastavro(buf: bytes, base: str, ords: _Ordinals, always_index: 
                                         f"corrupt avro: {type(e).__name__}: {e}"))
 
 
-def decode_avro_bytes(data: bytes, source: str) -> list[RawAlert]:
+def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = None) -> list[RawAlert]:
     """One avro container (a Kafka message, or a file's bytes) -> its records.
 
     The source is used as is for a single-record container, "<source>#<i>" when it holds several.
+    `projection=SCORING_PROJECTION` decodes only what scoring needs (faster).
     """
-    ords = _Ordinals(1, 0, ReadStats())
+    ords = _Ordinals(1, 0, ReadStats(), projection)
     return list(_decode_container(bytes(data), source, ords, always_index=False))
 
 
@@ -389,7 +436,7 @@ def _iter_parquet(path: Path, ords: _Ordinals, fobj=None, base: str | None = Non
                 if recs is None:
                     yield _emit(stats, RawAlert(f"{base}#{row + j}", None, reason))
                 else:
-                    yield _emit(stats, RawAlert(f"{base}#{row + j}", recs[i]))
+                    yield _emit(stats, RawAlert(f"{base}#{row + j}", project(recs[i], ords.projection)))
         row += batch.num_rows
 
 
@@ -517,16 +564,18 @@ def _as_paths(paths) -> list[Path]:
 
 
 def iter_alerts(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_shards: int = 1, shard_index: int = 0,
-                stats: ReadStats | None = None, errors: str = "raise") -> Iterator[RawAlert]:
+                stats: ReadStats | None = None, errors: str = "raise", projection: dict | None = None
+                ) -> Iterator[RawAlert]:
     """Stream the records of avro files, folders (recursive), .tar/.tar.gz and parquet files.
 
     Unreadable records come out as `RawAlert(error=...)`. A path that cannot be read at all raises
     `AlertReadError`, or with `errors="collect"` is recorded in `stats.unreadable_paths` and skipped.
+    `projection=SCORING_PROJECTION` yields only what scoring needs, decoded ~3x faster.
     """
     if errors not in ("raise", "collect"):
         raise ValueError(f"errors must be 'raise' or 'collect', got {errors!r}")
     stats = stats if stats is not None else ReadStats()
-    ords = _Ordinals(num_shards, shard_index, stats)
+    ords = _Ordinals(num_shards, shard_index, stats, projection)
     for p in _as_paths(paths):
         try:
             yield from _iter_path(p, ords)
@@ -536,4 +585,5 @@ def iter_alerts(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_s
             stats.unreadable_paths.append((e.path, e.reason))
 
 
-__all__ = ["AlertReadError", "RawAlert", "ReadStats", "decode_avro_bytes", "iter_alerts"]
+__all__ = ["AlertReadError", "RawAlert", "ReadStats", "SCORING_PROJECTION", "PRV_SCORING_FIELDS", "decode_avro_bytes",
+           "iter_alerts", "project"]

@@ -320,6 +320,10 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
             rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {reason}", candid, oid, _kind(reason)))
             continue
         try:
+            if candid is None:
+                raise AlertError("missing or null candid")
+            if oid is None:
+                raise AlertError("missing or null objectId")
             meta = metadata_from_record(record, use_rb=use_rb, history=_history_for(history, record))
             images = cutout_images(record)
         except AlertError as e:

@@ -1,0 +1,340 @@
+"""Schema-specialised avro record decoder: same dicts as `fastavro.schemaless_reader`, ~3x faster on ZTF alerts.
+
+fastavro interprets the schema for every value it reads (type-name lookups per field); a ZTF alert holds ~2,000
+values, mostly in `prv_candidates`, so decoding the packet, not the model, would bound a scorer's throughput.
+Here the schema is compiled once into straight-line Python (one function per named record: each field's read
+inlined, the dict built in one expression) and cached by the schema's text. Only what ZTF-like schemas need is
+compiled: null, boolean, int, long, float, double, bytes, string, record, enum, array, map, fixed and unions of
+them. Anything else (logical types, which fastavro converts, or an unknown construct) makes `compile_decoder`
+return None and the caller uses fastavro. tests/test_alerts.py checks equality with fastavro on every real packet.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+_PRIMITIVES = {"null", "boolean", "int", "long", "float", "double", "bytes", "string"}
+_DOUBLE = struct.Struct("<d").unpack_from
+_FLOAT = struct.Struct("<f").unpack_from
+
+
+class Unsupported(Exception):
+    """A schema construct this compiler does not handle (the caller falls back to fastavro)."""
+
+
+def _read_long(b: bytes, p: int) -> tuple[int, int]:
+    """Multi-byte zig-zag varint (the one-byte case is inlined by the generated code)."""
+    shift = 0
+    acc = 0
+    while True:
+        x = b[p]
+        p += 1
+        acc |= (x & 0x7F) << shift
+        if x < 128:
+            return (acc >> 1) ^ -(acc & 1), p
+        shift += 7
+        if shift > 70:
+            raise ValueError("varint too long")
+
+
+def _read_str(b: bytes, p: int) -> tuple[str, int]:
+    x = b[p]
+    if x < 128:
+        n = (x >> 1) ^ -(x & 1)
+        p += 1
+    else:
+        n, p = _read_long(b, p)
+    e = p + n
+    if n < 0 or e > len(b):
+        raise EOFError("string runs past the end of the data")
+    return b[p:e].decode("utf-8"), e
+
+
+def _read_bytes(b: bytes, p: int) -> tuple[bytes, int]:
+    x = b[p]
+    if x < 128:
+        n = (x >> 1) ^ -(x & 1)
+        p += 1
+    else:
+        n, p = _read_long(b, p)
+    e = p + n
+    if n < 0 or e > len(b):
+        raise EOFError("bytes run past the end of the data")
+    return b[p:e], e
+
+
+def _skip_long(b: bytes, p: int) -> int:
+    while b[p] >= 128:
+        p += 1
+    return p + 1
+
+
+def _skip_bytes(b: bytes, p: int) -> int:
+    n, p = _read_long(b, p)
+    if n < 0:
+        raise ValueError("negative length")
+    return p + n
+
+
+SKIP = "skip"  # projection value: do not decode this field at all
+
+
+class _Compiler:
+    def __init__(self, projection: dict[str, Any] | None = None):
+        self.projection = projection or {}
+        self.funcs: dict[Any, str] = {}     # (full name, kept fields) -> python function name
+        self.named: dict[str, Any] = {}     # full name -> schema
+        self.sources: list[str] = []
+        self.consts: dict[str, Any] = {}
+        self.n = 0
+
+    def tmp(self, stem: str = "v") -> str:
+        self.n += 1
+        return f"{stem}{self.n}"
+
+    @staticmethod
+    def fullname(schema: dict, namespace: str | None) -> str:
+        name = schema["name"]
+        if "." in name:
+            return name
+        ns = schema.get("namespace", namespace)
+        return f"{ns}.{name}" if ns else name
+
+    def register(self, schema: Any, namespace: str | None) -> None:
+        """Collect named types (records, enums, fixed) so references by name resolve."""
+        if isinstance(schema, list):
+            for s in schema:
+                self.register(s, namespace)
+        elif isinstance(schema, dict):
+            if "logicalType" in schema:
+                raise Unsupported("logical types")
+            t = schema.get("type")
+            if t in ("record", "error", "enum", "fixed"):
+                full = self.fullname(schema, namespace)
+                self.named[full] = schema
+                ns = full.rsplit(".", 1)[0] if "." in full else None
+                if t in ("record", "error"):
+                    for f in schema["fields"]:
+                        self.register(f["type"], ns)
+            elif t == "array":
+                self.register(schema["items"], namespace)
+            elif t == "map":
+                self.register(schema["values"], namespace)
+            elif isinstance(t, (dict, list)):
+                self.register(t, namespace)
+
+    def resolve(self, schema: Any, namespace: str | None) -> tuple[Any, str | None]:
+        if isinstance(schema, str) and schema not in _PRIMITIVES:
+            full = f"{namespace}.{schema}" if namespace and "." not in schema else schema
+            if full not in self.named:
+                full = schema
+            if full not in self.named:
+                raise Unsupported(f"unknown type {schema!r}")
+            return self.named[full], (full.rsplit(".", 1)[0] if "." in full else None)
+        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES and len(schema) == 1:
+            return schema["type"], namespace
+        if isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)):
+            return self.resolve(schema["type"], namespace)
+        return schema, namespace
+
+    def emit(self, schema: Any, ns: str | None, out: str, lines: list[str], ind: str,
+             keep: tuple[str, ...] | None = None) -> None:
+        """Append code reading one value of `schema` at position p into variable `out`.
+
+        `keep`: for a record (or array/union of records) keep only these fields; the others are skipped."""
+        schema, ns = self.resolve(schema, ns)
+        if isinstance(schema, str):
+            t = schema
+        elif isinstance(schema, list):
+            t = "union"
+        else:
+            t = schema.get("type")
+        a = lines.append
+        if t == "null":
+            a(f"{ind}{out} = None")
+        elif t == "boolean":
+            a(f"{ind}{out} = b[p] != 0; p += 1")
+        elif t in ("int", "long"):
+            a(f"{ind}x = b[p]")
+            a(f"{ind}if x < 128: {out} = (x >> 1) ^ -(x & 1); p += 1")
+            a(f"{ind}else: {out}, p = _read_long(b, p)")
+        elif t == "float":
+            a(f"{ind}{out} = _FLOAT(b, p)[0]; p += 4")
+        elif t == "double":
+            a(f"{ind}{out} = _DOUBLE(b, p)[0]; p += 8")
+        elif t == "string":
+            a(f"{ind}{out}, p = _read_str(b, p)")
+        elif t == "bytes":
+            a(f"{ind}{out}, p = _read_bytes(b, p)")
+        elif t == "fixed":
+            size = int(schema["size"])
+            a(f"{ind}if p + {size} > len(b): raise EOFError('fixed runs past the end of the data')")
+            a(f"{ind}{out} = b[p:p + {size}]; p += {size}")
+        elif t == "enum":
+            c = self.tmp("_SYM")
+            self.consts[c] = tuple(schema["symbols"])
+            a(f"{ind}x = b[p]")
+            a(f"{ind}if x < 128: i = (x >> 1) ^ -(x & 1); p += 1")
+            a(f"{ind}else: i, p = _read_long(b, p)")
+            a(f"{ind}{out} = {c}[i]")
+        elif t in ("record", "error"):
+            full = self.fullname(schema, ns)
+            fn = self.record_func(full, keep)
+            a(f"{ind}{out}, p = {fn}(b, p)")
+        elif t == "array":
+            item = self.tmp("it")
+            a(f"{ind}{out} = []")
+            a(f"{ind}while True:")
+            a(f"{ind}    n, p = _read_long(b, p)")
+            a(f"{ind}    if n == 0: break")
+            a(f"{ind}    if n < 0: n = -n; _, p = _read_long(b, p)")
+            a(f"{ind}    for _ in range(n):")
+            self.emit(schema["items"], ns, item, lines, ind + "        ", keep)
+            a(f"{ind}        {out}.append({item})")
+        elif t == "map":
+            key, val = self.tmp("k"), self.tmp("mv")
+            a(f"{ind}{out} = {{}}")
+            a(f"{ind}while True:")
+            a(f"{ind}    n, p = _read_long(b, p)")
+            a(f"{ind}    if n == 0: break")
+            a(f"{ind}    if n < 0: n = -n; _, p = _read_long(b, p)")
+            a(f"{ind}    for _ in range(n):")
+            a(f"{ind}        {key}, p = _read_str(b, p)")
+            self.emit(schema["values"], ns, val, lines, ind + "        ", keep)
+            a(f"{ind}        {out}[{key}] = {val}")
+        elif t == "union":
+            branches = schema
+            if len(branches) == 2 and self.resolve(branches[0], ns)[0] == "null":
+                a(f"{ind}if b[p] == 0: {out} = None; p += 1")  # branch 0 (null) is the single byte 0
+                a(f"{ind}else:")
+                a(f"{ind}    if b[p] != 2: raise ValueError('union index out of range')")
+                a(f"{ind}    p += 1")
+                self.emit(branches[1], ns, out, lines, ind + "    ", keep)
+            else:
+                a(f"{ind}i, p = _read_long(b, p)")
+                for k, br in enumerate(branches):
+                    a(f"{ind}{'if' if k == 0 else 'elif'} i == {k}:")
+                    self.emit(br, ns, out, lines, ind + "    ", keep)
+                a(f"{ind}else: raise ValueError('union index out of range')")
+        else:
+            raise Unsupported(f"type {t!r}")
+
+    def skip(self, schema: Any, ns: str | None, lines: list[str], ind: str) -> None:
+        """Append code that moves p past one value of `schema` without building it."""
+        schema, ns = self.resolve(schema, ns)
+        t = schema if isinstance(schema, str) else ("union" if isinstance(schema, list) else schema.get("type"))
+        a = lines.append
+        size = {"boolean": 1, "float": 4, "double": 8}.get(t)
+        if t == "fixed":
+            size = int(schema["size"])
+        if t == "null":
+            return
+        if size is not None:
+            a(f"{ind}p += {size}")
+        elif t in ("int", "long", "enum"):
+            a(f"{ind}p = _skip_long(b, p)")
+        elif t in ("string", "bytes"):
+            a(f"{ind}x = b[p]")
+            a(f"{ind}if x < 128 and not x & 1: p += 1 + (x >> 1)")
+            a(f"{ind}else: p = _skip_bytes(b, p)")
+        elif t in ("record", "error"):
+            for f in schema["fields"]:
+                self.skip(f["type"], self.fullname(schema, ns).rpartition(".")[0] or None, lines, ind)
+        elif t in ("array", "map"):
+            a(f"{ind}while True:")
+            a(f"{ind}    n, p = _read_long(b, p)")
+            a(f"{ind}    if n == 0: break")
+            a(f"{ind}    if n < 0: s, p = _read_long(b, p); p += s; continue")
+            a(f"{ind}    for _ in range(n):")
+            if t == "map":
+                a(f"{ind}        p = _skip_bytes(b, p)")
+                self.skip(schema["values"], ns, lines, ind + "        ")
+            else:
+                before = len(lines)
+                self.skip(schema["items"], ns, lines, ind + "        ")
+                if len(lines) == before:
+                    a(f"{ind}        pass")
+        elif t == "union":
+            branches = schema
+            if len(branches) == 2 and self.resolve(branches[0], ns)[0] == "null":
+                bt = self.resolve(branches[1], ns)[0]
+                bt = bt if isinstance(bt, str) else bt.get("type") if isinstance(bt, dict) else None
+                bsize = {"boolean": 1, "float": 4, "double": 8}.get(bt)
+                a(f"{ind}x = b[p]")
+                if bsize is not None:
+                    a(f"{ind}if x == 2: p += {1 + bsize}")
+                    a(f"{ind}elif x == 0: p += 1")
+                    a(f"{ind}else: raise ValueError('union index out of range')")
+                    return
+                a(f"{ind}if x == 0: p += 1")
+                a(f"{ind}elif x == 2:")
+                a(f"{ind}    p += 1")
+                before = len(lines)
+                self.skip(branches[1], ns, lines, ind + "    ")
+                if len(lines) == before:
+                    a(f"{ind}    pass")
+                a(f"{ind}else: raise ValueError('union index out of range')")
+            else:
+                a(f"{ind}i, p = _read_long(b, p)")
+                for k, br in enumerate(branches):
+                    a(f"{ind}{'if' if k == 0 else 'elif'} i == {k}:")
+                    a(f"{ind}    pass")
+                    self.skip(br, ns, lines, ind + "    ")
+                a(f"{ind}else: raise ValueError('union index out of range')")
+        else:
+            raise Unsupported(f"type {t!r}")
+
+    def record_func(self, full: str, keep: tuple[str, ...] | None = None, top: bool = False) -> str:
+        key = (full, keep, top)
+        if key in self.funcs:
+            return self.funcs[key]
+        fn = f"_rec{len(self.funcs)}"
+        self.funcs[key] = fn
+        schema = self.named[full]
+        ns = full.rsplit(".", 1)[0] if "." in full else None
+        lines = [f"def {fn}(b, p):"]
+        names = []
+        for f in schema["fields"]:
+            sub = self.projection.get(f["name"]) if top else None
+            if sub == SKIP or (keep is not None and f["name"] not in keep):
+                self.skip(f["type"], ns, lines, "    ")
+                continue
+            v = self.tmp()
+            names.append((f["name"], v))
+            self.emit(f["type"], ns, v, lines, "    ", tuple(sub) if sub is not None else None)
+        items = ", ".join(f"{k!r}: {v}" for k, v in names)
+        lines.append(f"    return {{{items}}}, p")
+        self.sources.append("\n".join(lines))
+        return fn
+
+
+def compile_decoder(schema: Any, projection: dict[str, Any] | None = None):
+    """schema (parsed JSON) -> decode(data: bytes, pos: int) -> (record, new pos), or None if unsupported.
+
+    `projection` (top-level record schemas only): {field: SKIP} leaves a field out of the record without
+    decoding it; {field: (names...)} keeps only those fields of the record(s) the field holds (a record, or an
+    array/union of records), e.g. {"prv_candidates": ("jd", "magpsf"), "fp_hists": SKIP}.
+    """
+    c = _Compiler(projection)
+    try:
+        c.register(schema, None)
+        lines = ["def _top(b, p):"]
+        top, ns = c.resolve(schema, None)
+        if projection and isinstance(top, dict) and top.get("type") in ("record", "error"):
+            fn = c.record_func(c.fullname(top, ns), None, top=True)
+            lines.append(f"    return {fn}(b, p)")
+        else:
+            c.emit(schema, None, "out", lines, "    ")
+            lines.append("    return out, p")
+        c.sources.append("\n".join(lines))
+    except (Unsupported, KeyError, TypeError, ValueError):
+        return None
+    env = {"_read_long": _read_long, "_read_str": _read_str, "_read_bytes": _read_bytes, "_DOUBLE": _DOUBLE,
+           "_skip_long": _skip_long, "_skip_bytes": _skip_bytes,
+           "_FLOAT": _FLOAT, **c.consts}
+    exec(compile("\n\n".join(c.sources), "<avro_decoder>", "exec"), env)  # noqa: S102 - generated from a schema
+    return env["_top"]
+
+
+__all__ = ["SKIP", "Unsupported", "compile_decoder"]

@@ -1,0 +1,209 @@
+"""Score alert packets: paths -> (scores table, rejected table, summary). The library behind `btsbot-score`.
+
+Every input record ends up in exactly one place: scored, rejected (with the reason naming the alert), or counted
+as a duplicate of a candid already scored in this run. `summary["records_read"] == scored + rejected + duplicates`
+always holds (and is checked before returning). Decoding/feature work for the next batch overlaps with the model
+running on the previous one (one scoring thread; JAX releases the GIL while it computes).
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from btsbot_jax.alerts import SCORING_PROJECTION, RawAlert, ReadStats, iter_alerts
+from btsbot_jax.features import Prepared, Rejected, prepare_batch
+
+SCORE_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "score", "model_version", "source")
+REJECTED_COLUMNS = ("candid", "objectId", "source", "reason", "kind")
+TABLE_SUFFIXES = (".csv", ".parquet")
+
+
+@dataclasses.dataclass
+class ScoreResult:
+    scores: pd.DataFrame      # SCORE_COLUMNS, one row per distinct scored candid, in input order
+    rejected: pd.DataFrame    # REJECTED_COLUMNS, one row per rejected record
+    summary: dict[str, Any]
+
+
+def rejected_frame(rejected: Iterable[Rejected]) -> pd.DataFrame:
+    rows = [(r.candid, r.objectId, r.source, r.reason, r.kind) for r in rejected]
+    df = pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
+    df["candid"] = df["candid"].astype("Int64")
+    return df
+
+
+def _empty_scores() -> pd.DataFrame:
+    df = pd.DataFrame({c: [] for c in SCORE_COLUMNS})
+    return df.astype({"candid": "Int64", "objectId": object, "jd": float, "magpsf": float, "fid": "Int64",
+                      "score": np.float32, "model_version": object, "source": object})
+
+
+def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, use_rb: bool = False,
+                 progress: bool = False, stats: ReadStats | None = None) -> ScoreResult:
+    """Score a stream of RawAlerts (see `score_paths`); `stats` is the reader's, for the summary."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    version = getattr(scorer, "version", "unknown")
+    t0 = time.perf_counter()
+    seen: set[int] = set()
+    duplicates = 0
+    n_in = 0
+    rejected: list[Rejected] = []
+    frames: list[pd.DataFrame] = []
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit=" alerts", desc="btsbot-score", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def finish(prepared: Prepared, scores: np.ndarray) -> None:
+        nonlocal duplicates
+        info = prepared.info
+        keep = np.ones(len(info), bool)
+        for i, c in enumerate(info["candid"].tolist()):  # repeats inside one batch
+            if c in seen:
+                keep[i] = False
+                duplicates += 1
+            else:
+                seen.add(c)
+        df = info[keep].copy()
+        df["score"] = scores[keep].astype(np.float32)
+        df["model_version"] = version
+        frames.append(df[list(SCORE_COLUMNS)])
+
+    def run(prepared: Prepared) -> np.ndarray:
+        if len(prepared) == 0:
+            return np.zeros((0,), np.float32)
+        return np.asarray(scorer(prepared.triplets, prepared.metadata), np.float32)
+
+    pending: tuple[Prepared, concurrent.futures.Future] | None = None
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="btsbot-score") as pool:
+
+        def flush(batch: list[RawAlert]) -> None:
+            nonlocal pending
+            prepared = prepare_batch(batch, use_rb=use_rb)
+            rejected.extend(prepared.rejected)
+            fut = pool.submit(run, prepared)
+            if pending is not None:
+                finish(pending[0], pending[1].result())
+            pending = (prepared, fut)
+            if bar is not None:
+                bar.update(len(batch))
+                bar.set_postfix(scored=len(seen), rejected=len(rejected), refresh=False)
+
+        batch: list[RawAlert] = []
+        for a in alerts:
+            n_in += 1
+            c = a.candid if a.error is None else None
+            if c is not None and c in seen:  # already scored: do not decode its stamps again
+                duplicates += 1
+                continue
+            batch.append(a)
+            if len(batch) >= batch_size:
+                flush(batch)
+                batch = []
+        if batch:
+            flush(batch)
+        if pending is not None:
+            finish(pending[0], pending[1].result())
+    if bar is not None:
+        bar.close()
+
+    scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
+    scores["candid"] = scores["candid"].astype("Int64")
+    rej = rejected_frame(rejected)
+    seconds = time.perf_counter() - t0
+    summary = {
+        "records_read": n_in,
+        "scored": len(scores),
+        "rejected": len(rej),
+        "rejected_by_kind": dict(collections.Counter(rej["kind"]).most_common()),
+        "duplicates": duplicates,
+        "seconds": seconds,
+        "alerts_per_s": n_in / seconds if seconds > 0 else float("nan"),
+        "model_version": version,
+    }
+    if stats is not None:
+        summary.update(files=stats.files, skipped_files=stats.skipped_files,
+                       skipped_examples=list(stats.skipped_examples),
+                       unreadable_paths=[f"{p}: {r}" for p, r in stats.unreadable_paths],
+                       other_shards=stats.other_shards)
+    if n_in != summary["scored"] + summary["rejected"] + duplicates:  # the invariant users rely on
+        raise AssertionError(f"lost alerts: read {n_in} != scored {summary['scored']} + rejected "
+                             f"{summary['rejected']} + duplicates {duplicates}")
+    return ScoreResult(scores, rej, summary)
+
+
+def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, shard_index: int = 0,
+                progress: bool = True, use_rb: bool = False, errors: str = "collect") -> ScoreResult:
+    """Score every alert under `paths` (avro files, folders, .tar/.tar.gz, parquet).
+
+    Paths that cannot be read at all are listed in `summary["unreadable_paths"]` (errors="collect", the default)
+    or raise AlertReadError (errors="raise"). `num_shards`/`shard_index` split the records deterministically
+    (by reading order) so that N runs together score every record exactly once; duplicates are found within a
+    run (shard).
+    """
+    stats = ReadStats()
+    alerts = iter_alerts(paths, num_shards=num_shards, shard_index=shard_index, stats=stats, errors=errors,
+                         projection=SCORING_PROJECTION)
+    result = score_alerts(scorer, alerts, batch_size=batch_size, use_rb=use_rb, progress=progress, stats=stats)
+    result.summary["shard"] = f"{shard_index}/{num_shards}"
+    return result
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    """One line: records read, scored, rejected (by reason), duplicates, alerts/s."""
+    kinds = summary.get("rejected_by_kind") or {}
+    rej = f"rejected {summary['rejected']}" + (" (" + ", ".join(f"{k}: {v}" for k, v in kinds.items()) + ")"
+                                              if kinds else "")
+    files = ""
+    if "files" in summary:
+        files = f" from {summary['files']} file(s)"
+        if summary.get("skipped_files"):
+            files += f", {summary['skipped_files']} non-alert file(s) skipped"
+    line = (f"read {summary['records_read']} records{files}: scored {summary['scored']}, {rej}, "
+            f"duplicates {summary['duplicates']}; {summary['alerts_per_s']:.1f} alerts/s "
+            f"({summary['seconds']:.1f} s, model {summary['model_version']})")
+    if summary.get("shard") and summary["shard"] != "0/1":
+        line += f" [shard {summary['shard']}]"
+    if summary.get("unreadable_paths"):
+        line += f"; {len(summary['unreadable_paths'])} unreadable input path(s)"
+    return line
+
+
+def check_table_path(path: str | os.PathLike) -> Path:
+    p = Path(path)
+    if p.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(f"{p}: output must end in .csv or .parquet")
+    return p
+
+
+def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write a table as .csv or .parquet (by the file name); parent folders are created."""
+    p = check_table_path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.suffix.lower() == ".csv":
+        df.to_csv(p, index=False)
+    else:
+        df.to_parquet(p, index=False)
+    return p
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    p = check_table_path(path)
+    return pd.read_csv(p) if p.suffix.lower() == ".csv" else pd.read_parquet(p)
+
+
+__all__ = ["ScoreResult", "SCORE_COLUMNS", "REJECTED_COLUMNS", "score_paths", "score_alerts", "format_summary",
+           "write_table", "read_table", "rejected_frame", "check_table_path"]
