@@ -526,6 +526,26 @@ def _iter_file(path: Path, kind: str, ords: _Ordinals, explicit: bool) -> Iterat
         yield from _iter_tar(path, ords, explicit)
 
 
+def _iter_dir(path: Path, ords: _Ordinals) -> Iterator[RawAlert]:
+    """Depth-first in sorted name order (files and folders interleaved, like a sorted `find`)."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+    except OSError as e:
+        for _ in ords.take(1):
+            yield _emit(ords.stats, RawAlert(f"{path}#0", None, f"cannot read folder: {e.strerror or e}"))
+        return
+    for entry in entries:
+        p = Path(entry.path)
+        if entry.is_dir():
+            yield from _iter_dir(p, ords)
+            continue
+        kind = _kind(p)
+        if kind is None or entry.name.startswith(".") or not entry.is_file():
+            ords.stats.skip(str(p))
+            continue
+        yield from _iter_file(p, kind, ords, explicit=False)
+
+
 def _iter_path(path: Path, ords: _Ordinals) -> Iterator[RawAlert]:
     stats = ords.stats
     stats.paths += 1
@@ -534,15 +554,7 @@ def _iter_path(path: Path, ords: _Ordinals) -> Iterator[RawAlert]:
     if path.is_dir():
         if not os.access(path, os.R_OK | os.X_OK):
             raise AlertReadError(path, "permission denied")
-        for root, dirs, files in os.walk(path, onerror=None):
-            dirs.sort()
-            for name in sorted(files):
-                p = Path(root) / name
-                kind = _kind(p)
-                if kind is None or name.startswith("."):
-                    stats.skip(str(p))
-                    continue
-                yield from _iter_file(p, kind, ords, explicit=False)
+        yield from _iter_dir(path, ords)
         return
     if not os.access(path, os.R_OK):
         raise AlertReadError(path, "permission denied")

@@ -148,9 +148,10 @@ def _strip(s):
     return s
 
 
-def avro_bytes(schema: dict, records: list[dict], codec: str = "null") -> bytes:
+def avro_bytes(schema: dict, records: list[dict], codec: str = "null", **writer_kwargs) -> bytes:
+    """An avro container of `records` (fastavro.writer; e.g. sync_interval=10**8 for a single block)."""
     buf = io.BytesIO()
-    fastavro.writer(buf, fastavro.parse_schema(_strip(schema)), records, codec=codec)
+    fastavro.writer(buf, fastavro.parse_schema(_strip(schema)), records, codec=codec, **writer_kwargs)
     return buf.getvalue()
 
 
