@@ -177,7 +177,8 @@ def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequenc
     custom = custom_features(record, history)
     for i, name in zip(_CUSTOM_INDEX, CUSTOM_FEATURES):
         out[i] = custom[name]
-    m = out.astype(np.float32)
+    with np.errstate(over="ignore"):
+        m = out.astype(np.float32)
     if not np.isfinite(m).all():  # finite float64 that overflows float32
         j = int(np.flatnonzero(~np.isfinite(m))[0])
         raise AlertError(f"{METADATA_COLUMNS[j]} = {out[j]} does not fit in float32")
