@@ -47,6 +47,7 @@ from btsbot_jax.policies import BRIGHT_LIMIT, DEFAULT_POLICIES, Policy, group_al
 REQUIRED_COLUMNS = ("objectId", "jd", "magpsf", "score")
 OPTIONAL_COLUMNS = ("label", *TIMELINESS_REFERENCES)
 PASSTHROUGH_COLUMNS = ("candid", "file", "row")  # kept in scores.csv / rejected.csv to name alerts when present
+ROC_POINTS_IN_REPORT = 1001  # a million alerts give ~1e5 ROC points: all go to roc_curve.csv, a thinned copy to JSON
 _CAND_NAME = re.compile(r"^(?P<split>[A-Za-z0-9]+)_cand_(?P<version>.+)_N(?P<n_max>\d+)\.csv$")
 
 
@@ -65,6 +66,7 @@ class Evaluation:
     rejected: pd.DataFrame
     policies: list[Policy]
     scored: bool = False  # True when the scores were computed here (dataset mode): write_report saves them
+    roc: pd.DataFrame | None = None  # the full ROC curve (report.json keeps at most ROC_POINTS_IN_REPORT points)
 
 
 # ---- scores tables ------------------------------------------------------------------------------------------------
@@ -171,6 +173,17 @@ def evaluate_scores(
         raise EvaluationError(f"no alert left to evaluate ({len(rejected)} rejected)")
     alerts["predicted"] = (alerts["score"].to_numpy() > threshold).astype(np.int8)
     am = alert_metrics(alerts["label"].to_numpy(), alerts["score"].to_numpy(), threshold)
+    roc = None
+    if am["roc_curve"] is not None:
+        c = am["roc_curve"]
+        roc = pd.DataFrame({"fpr": c["fpr"], "tpr": c["tpr"],
+                            "threshold": [np.inf if v is None else v for v in c["thresholds"]]})
+        n = len(roc)
+        if n > ROC_POINTS_IN_REPORT:
+            idx = np.unique(np.round(np.linspace(0, n - 1, ROC_POINTS_IN_REPORT)).astype(np.int64))
+            am["roc_curve"] = {k: [v[i] for i in idx] for k, v in c.items()}
+        am["roc_curve"]["n_points"] = n
+        am["roc_curve"]["n_points_in_report"] = len(am["roc_curve"]["fpr"])
     t_alert = time.perf_counter()
 
     g = group_alerts(alerts["objectId"].to_numpy(dtype=object), alerts["jd"].to_numpy(),
@@ -225,11 +238,13 @@ def evaluate_scores(
         },
         "timings_s": {"alert_level": t_alert - t0, "source_level": t_source - t_alert},
     }
-    return Evaluation(_jsonable(report), sources, alerts, rejected, pols)
+    return Evaluation(_jsonable(report), sources, alerts, rejected, pols, roc=roc)
 
 
 def _jsonable(x: Any) -> Any:
     """Plain JSON types; NaN/inf become null (JSON has neither)."""
+    if isinstance(x, list) and x and all(v is None or type(v) is float for v in x):  # long float lists (ROC)
+        return [v if v is not None and math.isfinite(v) else None for v in x]
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
@@ -359,8 +374,8 @@ def evaluate_dataset(checkpoint, data, split: str = "test", *, version: str | No
         },
     }
     ev = evaluate_scores(table, input_info=info, already_rejected=rej, **kwargs)
-    ev.report["timings_s"]["scoring"] = t_score
-    ev.report["timings_s"]["scoring_alerts_per_s"] = len(table) / t_score if t_score > 0 else None
+    ev.report["timings_s"]["scoring"] = float(t_score)
+    ev.report["timings_s"]["scoring_alerts_per_s"] = float(len(table) / t_score) if t_score > 0 else None
     ev.scored = True
     if ckpt_path is not None:
         tm = find_training_metrics(ckpt_path)
@@ -381,6 +396,9 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, training_metrics
     ev.sources.to_csv(files["sources"], index=False)
     files["rejected"] = out / "rejected.csv"
     ev.rejected.to_csv(files["rejected"], index=False)
+    if ev.roc is not None:
+        files["roc_curve"] = out / "roc_curve.csv"
+        ev.roc.to_csv(files["roc_curve"], index=False)
     if ev.scored:
         files["scores"] = out / "scores.csv"
         ev.alerts.drop(columns=["predicted"]).to_csv(files["scores"], index=False)
@@ -391,10 +409,10 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, training_metrics
         figs, skipped = make_figures(ev, out, training_metrics)
         files.update(figs)
     ev.report["files"] = {k: p.name for k, p in files.items()}
-    ev.report["figures_skipped"] = skipped
-    ev.report["timings_s"]["writing"] = time.perf_counter() - t0
+    ev.report["figures_skipped"] = dict(skipped)
+    ev.report["timings_s"]["writing"] = float(time.perf_counter() - t0)
     files["report"] = out / "report.json"
-    files["report"].write_text(json.dumps(_jsonable(ev.report), indent=1) + "\n")
+    files["report"].write_text(json.dumps(ev.report, indent=1, allow_nan=False) + "\n")
     return files
 
 
@@ -411,13 +429,14 @@ def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
     return fig, fig.subplots(nrows, ncols, squeeze=False)
 
 
-def plot_roc(alert_level: dict[str, Any], path: Path) -> str | None:
-    roc = alert_level.get("roc_curve")
-    if not roc:
+def plot_roc(alert_level: dict[str, Any], path: Path, curve: pd.DataFrame | None = None) -> str | None:
+    """ROC from the full curve when given (``Evaluation.roc``), else from the report's (possibly thinned) copy."""
+    roc = alert_level.get("roc_curve") if curve is None else curve
+    if roc is None or not len(roc["fpr"]):
         return "ROC needs labelled alerts of both classes"
     fig, ax = _figure(5.2, 5.0)
     ax = ax[0, 0]
-    ax.plot(roc["fpr"], roc["tpr"], lw=2, label=f"ROC, AUC = {alert_level['roc_auc']:.4f}")
+    ax.plot(np.asarray(roc["fpr"]), np.asarray(roc["tpr"]), lw=2, label=f"ROC, AUC = {alert_level['roc_auc']:.4f}")
     ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
     (tn, fp), (fn, tp) = alert_level["confusion_matrix"]["counts"]
     ax.plot(fp / max(fp + tn, 1), tp / max(tp + fn, 1), "o", ms=8, color="C3",
@@ -463,7 +482,7 @@ def plot_score_vs_magpsf(alerts: pd.DataFrame, threshold: float, path: Path) -> 
     ax = ax[0, 0]
     rng = np.random.default_rng(0)
     lab = alerts["label"].to_numpy()
-    groups = [(1, lab == 1, "C1", "o"), (0, lab == 0, "C0", "o"), (None, ~np.isfinite(lab), "0.3", "x")]
+    groups = [(0, lab == 0, "C0", "o"), (1, lab == 1, "C1", "o"), (None, ~np.isfinite(lab), "0.3", "x")]
     note = ""
     for value, mask, color, marker in groups:
         idx = np.flatnonzero(mask)
@@ -479,6 +498,9 @@ def plot_score_vs_magpsf(alerts: pd.DataFrame, threshold: float, path: Path) -> 
     ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold:g}")
     ax.axvline(BRIGHT_LIMIT, color="0.4", ls=":", lw=1, label=f"magpsf {BRIGHT_LIMIT:g} (bts_p2 peak limit)")
     ax.axvline(19.0, color="0.4", ls="-.", lw=1, label="magpsf 19 (policy alert limit)")
+    mag = alerts["magpsf"].to_numpy()
+    lo, hi = np.quantile(mag, [0.0, 0.999]) if mag.size else (15.0, 21.0)
+    ax.set_xlim(min(lo, BRIGHT_LIMIT) - 0.3, max(hi, 19.0) + 0.3)  # a few absurdly faint outliers do not set the axis
     ax.set_xlabel("alert magpsf [mag] (brighter to the left)")
     ax.set_ylabel("score")
     ax.set_ylim(-0.03, 1.03)
@@ -504,8 +526,9 @@ def plot_completeness_purity(report: dict[str, Any], path: Path) -> str | None:
             hi = np.array([np.nan if b[f"{key}_interval68"] is None else b[f"{key}_interval68"][1]
                            for b in p["per_peak_bin"]])
             overall = "n/a" if p[key] is None else f"{100 * p[key]:.1f}%"
-            ax.errorbar(x + dx, y, yerr=[np.nan_to_num(y - lo), np.nan_to_num(hi - y)], color=color, marker=marker,
-                        capsize=3, label=f"{key} (overall {overall})")
+            yerr = np.clip(np.nan_to_num([y - lo, hi - y]), 0, None)  # Wilson bounds can sit 1 ulp inside y
+            ax.errorbar(x + dx, y, yerr=yerr, color=color, marker=marker, capsize=3,
+                        label=f"{key} (overall {overall})")
         for xi, b in zip(x, p["per_peak_bin"]):
             ax.annotate(f"{b['TP'] + b['FN']}/{b['n_selected']}", (xi, 0.02), ha="center", fontsize=7, color="0.3")
         ax.set_xticks(x, labels, rotation=35, ha="right")
@@ -589,7 +612,7 @@ def make_figures(ev: Evaluation, out: Path, training_metrics: str | os.PathLike 
     """All figures of a report; returns (written paths, skipped figure -> reason)."""
     am = ev.report["alert_level"]
     jobs = {
-        "roc": lambda p: plot_roc(am, p),
+        "roc": lambda p: plot_roc(am, p, ev.roc),
         "confusion_matrix": lambda p: plot_confusion(am, p),
         "score_vs_magpsf": lambda p: plot_score_vs_magpsf(ev.alerts, am["threshold"], p),
         "completeness_purity": lambda p: plot_completeness_purity(ev.report, p),

@@ -158,7 +158,7 @@ def test_evaluate_dataset_in_process(tmp_path, v101_checkpoint, usage_examples):
     assert ev.report["alert_level"]["threshold"] == 0.9 and len(ev.alerts) == 38 and len(ev.rejected) == 1
     files = write_report(ev, tmp_path / "r", figures=False)
     assert {p.name for p in (tmp_path / "r").iterdir()} == {"report.json", "sources.csv", "rejected.csv",
-                                                           "scores.csv"}
+                                                           "scores.csv", "roc_curve.csv"}
     assert files["report"].is_file()
 
 
@@ -248,3 +248,23 @@ def test_scores_table_checks():
     assert ev.sources["bts_p1_selected"].sum() == 4
     with pytest.raises(EvaluationError, match="unknown scores table format"):
         read_scores_table(__file__)
+
+
+def test_large_roc_is_thinned_in_json_and_complete_in_csv(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 6000
+    y = np.repeat(rng.integers(0, 2, n // 20), 20)  # one label per source of 20 alerts
+    t = pd.DataFrame({"objectId": [f"s{i // 20}" for i in range(n)], "jd": 2460000.0 + rng.random(n),
+                      "magpsf": rng.uniform(16, 20, n), "label": y, "score": rng.beta(2, 2, n) * 0.8 + 0.1 * y})
+    ev = evaluate_scores(t)
+    a = ev.report["alert_level"]
+    fpr, tpr, _ = skm.roc_curve(y, t["score"])
+    assert a["roc_auc"] == pytest.approx(skm.roc_auc_score(y, t["score"]))
+    assert a["roc_curve"]["n_points"] == len(fpr) > 1001 and a["roc_curve"]["n_points_in_report"] <= 1001
+    assert a["roc_curve"]["fpr"][0] == 0.0 and a["roc_curve"]["tpr"][-1] == 1.0
+    write_report(ev, tmp_path, figures=False)
+    full = pd.read_csv(tmp_path / "roc_curve.csv")
+    np.testing.assert_array_equal(full["fpr"], fpr)
+    np.testing.assert_array_equal(full["tpr"], tpr)
+    assert np.isinf(full["threshold"][0])
+    json.loads((tmp_path / "report.json").read_text())  # strict JSON (no NaN/Infinity)
