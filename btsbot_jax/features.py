@@ -2,9 +2,14 @@
 
 Triplet: channels science, reference (template), difference; each cutout gunzipped and read from FITS
 (`btsbot_jax.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
-CCD), padded at the bottom/right with 1e-9 after normalising. The norm is taken in float64 so a cutout with huge
-values cannot overflow, and the quotient rounded once to float32. The normalisation runs vectorised over all
-full-size cutouts of a batch.
+CCD), padded at the bottom/right with 1e-9 after normalising. The normalisation runs vectorised over all
+full-size cutouts of a batch, in float64 with one final rounding to float32 (within 1 ulp of production's float32).
+
+Production detail kept on purpose: some ZTF templates mark bad pixels with FLT_MAX (3.4e38) instead of NaN (4 of
+the 771 real packets in ../shared/data). Kowalski normalises in float32, where the sum of squares overflows, the
+norm is inf and the whole cutout becomes 0. The model has only ever seen that, so this module does the same
+(`FLOAT32_NORM_OVERFLOW`); dividing by the exact float64 norm instead would move those alerts' v1.0.1 scores by
+up to 0.22.
 
 Metadata: 19 fields straight from `candidate`, 6 from the light curve known at the time of the alert
 (`prv_candidates` + the candidate, plus earlier alerts of the same source the caller passes as `history`):
@@ -217,14 +222,20 @@ def cutout_images(record: Mapping) -> list[np.ndarray]:
     return images
 
 
-def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS) -> tuple[np.ndarray, np.ndarray]:
+FLOAT32_NORM_OVERFLOW = float(np.finfo(np.float32).max)  # sum of squares above this: production's norm is inf
+
+
+def _normalise_stack(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(k, 3, h, w) raw cutouts -> (normalised float32 (k, 3, h, w), bad mask (k, 3) of all-zero cutouts)."""
     x = stack.astype(np.float64)  # a copy; inf was rejected before, so only NaN needs replacing
     np.copyto(x, 0.0, where=np.isnan(x))
-    norm = np.sqrt(np.einsum("kcij,kcij->kc", x, x))
+    sumsq = np.einsum("kcij,kcij->kc", x, x)
+    norm = np.sqrt(sumsq)
     bad = ~(norm > 0)
     norm[bad] = 1.0
-    return (x / norm[:, :, None, None]).astype(np.float32), bad
+    out = x / norm[:, :, None, None]
+    out[sumsq > FLOAT32_NORM_OVERFLOW] = 0.0  # what float32 x / inf gives in production (see module docstring)
+    return out.astype(np.float32), bad
 
 
 def _zero_reason(bad_row: np.ndarray) -> str:

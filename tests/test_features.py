@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 from alert_corpus import avro_bytes, blob, stamp_bytes, synthetic_packet, synthetic_schema
 from conftest import ZTF_ALERTS, ZTF_ALERTS_FINK, require
+from reference_inputs import reference_metadata, reference_triplet
 
 from btsbot_jax.alerts import SCORING_PROJECTION, RawAlert, iter_alerts
 from btsbot_jax.constants import METADATA_COLUMNS, PAD_VALUE
@@ -34,31 +35,6 @@ def packet():
     return next(fastavro.reader(io.BytesIO(avro_bytes(synthetic_schema(), [made]))))
 
 
-def reference_triplet(record) -> np.ndarray:
-    """Independent reference, the way Kowalski does it: gzip + astropy, nan_to_num, / np.linalg.norm, np.pad."""
-    out = []
-    for c in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
-        img = np.nan_to_num(read_stamp_astropy(record[c]["stampData"]).astype(np.float64))
-        img = img / np.linalg.norm(img)
-        img = np.pad(img, [(0, 63 - img.shape[0]), (0, 63 - img.shape[1])], constant_values=PAD_VALUE)
-        out.append(img)
-    return np.stack(out, axis=-1).astype(np.float32)
-
-
-def reference_metadata(record) -> np.ndarray:
-    """Spec section 2 written out plainly, for the real packets (no caller history)."""
-    cand = record["candidate"]
-    hist = [p for p in (record.get("prv_candidates") or []) if p.get("magpsf") is not None] + [cand]
-    mags = [h["magpsf"] for h in hist]
-    peak = hist[int(np.argmin(mags))]
-    first = min(cand["jdstarthist"], min(h["jd"] for h in hist))
-    feats = dict(cand)
-    feats.update(age=cand["jd"] - first, days_since_peak=cand["jd"] - peak["jd"],
-                 days_to_peak=peak["jd"] - first, peakmag_so_far=min(mags), maxmag_so_far=max(mags),
-                 nnotdet=cand["ncovhist"] - cand["ndethist"])
-    return np.array([feats[c] for c in METADATA_COLUMNS], np.float32)
-
-
 def test_real_packets_match_independent_reference():
     require(ZTF_ALERTS)
     require(ZTF_ALERTS_FINK)
@@ -75,15 +51,23 @@ def test_real_packets_match_independent_reference():
     np.testing.assert_array_equal(prep.metadata, ref_m)
     # unit L2 norm per channel over the real pixels; the 6 edge-of-CCD alerts are padded with 1e-9
     small = 0
+    overflow = 0
     for i, a in enumerate(alerts):
         h, w = read_stamp_astropy(a.record["cutoutScience"]["stampData"]).shape
-        np.testing.assert_allclose(np.linalg.norm(prep.triplets[i, :h, :w].astype(np.float64), axis=(0, 1)), 1,
-                                   rtol=1e-5)
+        norms = np.linalg.norm(prep.triplets[i, :h, :w].astype(np.float64), axis=(0, 1))
+        for c, name in enumerate(("cutoutScience", "cutoutTemplate", "cutoutDifference")):
+            raw = np.nan_to_num(read_stamp_astropy(a.record[name]["stampData"]).astype(np.float64))
+            if (raw**2).sum() > np.finfo(np.float32).max:  # FLT_MAX bad-pixel markers: zeros, as in production
+                overflow += 1
+                assert norms[c] == 0 and name == "cutoutTemplate"
+            else:
+                assert abs(norms[c] - 1) < 1e-5
         if (h, w) != (63, 63):
             small += 1
             assert (prep.triplets[i, h:, :, :] == np.float32(PAD_VALUE)).all()
             assert (prep.triplets[i, :, w:, :] == np.float32(PAD_VALUE)).all()
     assert small == 6
+    assert overflow == 4
     # the batch path equals the per-alert functions exactly, and the scoring projection changes nothing
     for i in (0, 5, 40, 700):
         np.testing.assert_array_equal(prep.triplets[i], triplet_from_record(alerts[i].record))
@@ -242,6 +226,15 @@ def test_bad_cutouts_rejected(packet, image, fragment):
     prep = prepare_batch([packet])
     assert len(prep) == 0
     assert fragment in prep.rejected[0].reason and "cutoutTemplate" in prep.rejected[0].reason
+
+
+def test_cutout_whose_float32_norm_overflows_becomes_zero_like_production(packet):
+    img = blob(np.random.default_rng(6))
+    img[:4, :] = np.finfo(np.float32).max  # ZTF marks bad template pixels like this
+    packet["cutoutTemplate"] = {"fileName": "t", "stampData": stamp_bytes(img)}
+    t = triplet_from_record(packet)
+    assert (t[:, :, 1] == 0).all() and (t[:, :, 0] != 0).any()
+    np.testing.assert_allclose(t, reference_triplet(packet), rtol=1e-6, atol=1e-9)  # Kowalski's float32 path
 
 
 def test_nan_pixels_become_zero_and_small_cutouts_are_padded(packet):
