@@ -329,13 +329,9 @@ def score_split(scorer, split, *, batch_size: int = 4096, progress: bool = True)
 def find_training_metrics(checkpoint: str | os.PathLike) -> Path | None:
     """``metrics.csv`` of the training workdir a checkpoint came from, if any (workdir itself or ``WORKDIR/best``)."""
     p = Path(checkpoint)
-    candidates = [p / "metrics.csv", p.parent / "metrics.csv"]
-    try:
-        from btsbot_jax.checkpoint import resolve_checkpoint
-
-        candidates.append(resolve_checkpoint(p).parent / "metrics.csv")
-    except Exception:  # an export directory or anything else load_scorer understands
-        pass
+    candidates = [p / "metrics.csv"]  # the workdir itself
+    if p.name == "best":  # the workdir's best checkpoint given directly
+        candidates.append(p.parent / "metrics.csv")
     for c in candidates:
         if c.is_file():
             return c
@@ -366,7 +362,7 @@ def evaluate_dataset(checkpoint, data, split: str = "test", *, version: str | No
     info = {
         "mode": "dataset",
         "data": [str(s.csv_path) for s in splits],
-        "split": split,
+        "split": ",".join(dict.fromkeys(s.name for s in splits)),  # from the file names when files are given
         "model": {
             "checkpoint": None if ckpt_path is None else str(ckpt_path),
             "version": getattr(scorer, "version", card.get("version")),

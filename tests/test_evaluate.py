@@ -16,6 +16,7 @@ from btsbot_jax.evaluate import (
     check_scores_table,
     evaluate_dataset,
     evaluate_scores,
+    find_training_metrics,
     read_scores_table,
     write_report,
 )
@@ -268,3 +269,12 @@ def test_large_roc_is_thinned_in_json_and_complete_in_csv(tmp_path):
     np.testing.assert_array_equal(full["tpr"], tpr)
     assert np.isinf(full["threshold"][0])
     json.loads((tmp_path / "report.json").read_text())  # strict JSON (no NaN/Infinity)
+
+
+def test_find_training_metrics(tmp_path):
+    (tmp_path / "work" / "best").mkdir(parents=True)
+    (tmp_path / "work" / "metrics.csv").write_text("epoch,loss\n1,0.5\n")
+    (tmp_path / "model").mkdir()
+    assert find_training_metrics(tmp_path / "work") == tmp_path / "work" / "metrics.csv"
+    assert find_training_metrics(tmp_path / "work" / "best") == tmp_path / "work" / "metrics.csv"
+    assert find_training_metrics(tmp_path / "model") is None  # a plain model dir: no guessing from its parent
