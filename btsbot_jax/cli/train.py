@@ -1,0 +1,54 @@
+"""`btsbot-train --config=experiments/configs/prod.py --workdir=DIR [--config.batch_size=32 ...]`.
+
+Trains per an ml_collections config file (any field overridable from the command line, e.g.
+`--config.data_dir=DIR --config.num_epochs=50`), checkpointing into --workdir and resuming from it when it already
+holds a checkpoint. The best model ends up in WORKDIR/best/ (loadable with `btsbot_jax.load_scorer(WORKDIR)`).
+Several hosts: start the same command on each with --coordinator_address, --num_processes and --process_id
+(or none of them on a TPU pod / SLURM, where jax.distributed finds them itself with --distributed).
+"""
+
+import json
+import os
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "Training config file (e.g. experiments/configs/prod.py).",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and best/.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
+flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host training.")
+flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) for multi-host training.")
+flags.DEFINE_integer("process_id", None, "This process's index for multi-host training.")
+
+
+def _main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    import jax
+
+    if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    from btsbot_jax.train import train_and_evaluate
+
+    logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
+                 jax.local_devices())
+    try:
+        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    except (ValueError, FileNotFoundError) as e:
+        raise SystemExit(f"btsbot-train: {e}") from e
+    if jax.process_index() == 0:
+        print(json.dumps(summary, indent=2))
+        print(f"best model: {os.path.join(summary['workdir'], 'best')}")
+
+
+def main():
+    flags.mark_flags_as_required(["config", "workdir"])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()

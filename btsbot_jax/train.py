@@ -1,0 +1,562 @@
+"""Training BTSbot from scratch the way the paper did (spec section 4), reproducible and resumable on any devices.
+
+- one `jax.jit` train step over a `TrainState` pytree (donated): weighted binary cross-entropy with the paper's
+  class weights, Adam through `optax.inject_hyperparams` so the learning rate is a value in the optimizer state
+  that the epoch-level reduce-on-plateau rule sets, and dropout keys `fold_in(key(seed), step)`;
+- data parallelism with a 1-D `jax.sharding.Mesh` over all devices: the global batch is sharded along 'data',
+  parameters and optimizer state are replicated, and XLA inserts the gradient all-reduce; BatchNorm sees the
+  global batch, so 1 device and N devices compute the same function;
+- Keras' ReduceLROnPlateau (factor 0.4, patience 20, min_delta 1e-4, min LR 5e-10) and EarlyStopping (patience 75)
+  on the validation loss, re-implemented with Keras' exact update rules (`Plateau`, `EarlyStopping`);
+- orbax `CheckpointManager` in WORKDIR/checkpoints keeping the latest epoch (resume) and the best-val-loss epoch;
+  the best model is also exported as a model directory WORKDIR/best/ (`load_scorer(WORKDIR)` loads it);
+- per-epoch metrics to TensorBoard (WORKDIR/tensorboard), WORKDIR/metrics.csv and metrics.json.
+
+Resume is exact: the order of epoch e and its augmentations depend only on (seed, e), dropout only on
+(seed, step), and the checkpoint holds parameters, BatchNorm statistics, Adam moments, the learning rate, the
+plateau/early-stopping counters and the metric history. A run killed at any point and restarted ends with the same
+weights as an uninterrupted run of the same seed (XLA on CPU is deterministic).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from btsbot_jax import input_pipeline
+from btsbot_jax.checkpoint import make_model_card, save_model
+from btsbot_jax.models import create_model, default_model_config
+
+log = logging.getLogger("btsbot_jax.train")
+
+METRIC_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s",
+                 "epoch_time_s")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loss and class weights
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def class_weights(labels: np.ndarray) -> np.ndarray:
+    """Spec section 4: w_c = (1/n_c) / ||(1/n_0, 1/n_1)||, then divided by max(w): the rarer class gets 1.0."""
+    labels = np.asarray(labels)
+    n = np.array([np.sum(labels == 0), np.sum(labels == 1)], np.float64)
+    if (n == 0).any():
+        raise ValueError(f"the training split needs both classes to weight them, got counts {n.astype(int).tolist()}")
+    w = (1.0 / n) / np.linalg.norm(1.0 / n)
+    return (w / w.max()).astype(np.float32)
+
+
+def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
+    """Keras semantics of binary cross-entropy with class_weight: mean over the batch of w[y_i] * bce_i (sum over
+    batch size, not over the sum of weights). Computed from logits, which is the stable form of the same loss."""
+    y = labels.astype(jnp.float32)
+    per = optax.sigmoid_binary_cross_entropy(logits, y)
+    w = jnp.asarray(weights, jnp.float32)[labels.astype(jnp.int32)]
+    return jnp.mean(w * per)
+
+
+def bce_numpy(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-sample BCE from logits in float64 (host side, for evaluation)."""
+    x = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    return np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x)))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Train state and steps
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything that changes during training, as one pytree (what is donated, checkpointed and restored)."""
+
+    step: jax.Array
+    params: nnx.State
+    batch_stats: nnx.State
+    opt_state: Any
+    rng: jax.Array  # raw uint32 key data of the dropout base key
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelDef:
+    """The static half of the model: graph definition and an RNG-state template (keys are re-derived per step)."""
+
+    graphdef: Any
+    rng_state: nnx.State
+
+
+def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+    """Adam with the learning rate as a hyperparameter in the state (set per epoch by the plateau rule).
+
+    optax.adam divides by sqrt(v_hat) + eps, Keras by sqrt(v) + eps with the bias correction folded into the step
+    size; the two differ only in how eps=1e-7 enters, which is negligible at these gradient scales."""
+    return optax.inject_hyperparams(optax.adam)(
+        learning_rate=config.learning_rate, b1=config.beta1, b2=config.beta2, eps=config.epsilon
+    )
+
+
+def create_train_state(model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation, seed: int
+                       ) -> tuple[ModelDef, TrainState]:
+    """Fresh model (Keras-like initialisation from `seed`) and its optimizer state."""
+    model = create_model(model_config, seed)
+    graphdef, params, batch_stats, rng_state = nnx.split(model, nnx.Param, nnx.BatchStat, nnx.RngState)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=batch_stats,
+        opt_state=tx.init(params),
+        rng=jax.random.key_data(jax.random.key(seed + 1)),
+    )
+    return ModelDef(graphdef, rng_state), state
+
+
+def _model(mdef: ModelDef, params, batch_stats, rng_state):
+    return nnx.merge(mdef.graphdef, params, batch_stats, rng_state, copy=True)
+
+
+def make_mesh(devices=None) -> Mesh:
+    """1-D data-parallel mesh over all (global) devices."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.asarray(devices), ("data",))
+
+
+def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, mesh: Mesh | None = None):
+    """Jitted `train_step(state, batch, rng_state) -> (state, metrics)`; the state argument is donated.
+
+    `batch` is a dict of global arrays {triplet, metadata, label} sharded along 'data' (see `shard_batch`).
+    `metrics` holds the batch's weighted loss and its number of correct predictions at score > 0.5."""
+    w = jnp.asarray(weights, jnp.float32)
+
+    def train_step(state: TrainState, batch, rng_state):
+        key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+        seeded = _model(mdef, state.params, state.batch_stats, rng_state)
+        nnx.reseed(seeded, dropout=key)  # one distinct key per dropout layer, derived from (seed, step)
+        step_rngs = nnx.state(seeded, nnx.RngState)
+
+        def loss_fn(params):
+            model = _model(mdef, params, state.batch_stats, step_rngs)
+            model.train()
+            logits = model.logits(batch["triplet"], batch["metadata"])[:, 0]
+            loss = weighted_bce(logits, batch["label"], w)
+            return loss, (logits, nnx.state(model, nnx.BatchStat))
+
+        (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        correct = jnp.sum((logits > 0) == (batch["label"] > 0))
+        new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
+        return new, {"loss": loss, "correct": correct}
+
+    if mesh is None:
+        return jax.jit(train_step, donate_argnums=0)
+    repl = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+    return jax.jit(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
+
+
+def make_eval_step(mdef: ModelDef, mesh: Mesh | None = None):
+    """Jitted `eval_step(state, batch, rng_state) -> logits (N,)` in eval mode (no dropout, running BN stats)."""
+
+    def eval_step(state: TrainState, batch, rng_state):
+        model = _model(mdef, state.params, state.batch_stats, rng_state)
+        model.eval()
+        return model.logits(batch["triplet"], batch["metadata"])[:, 0]
+
+    if mesh is None:
+        return jax.jit(eval_step)
+    repl = NamedSharding(mesh, P())
+    data = NamedSharding(mesh, P("data"))
+    return jax.jit(eval_step, in_shardings=(repl, data, repl), out_shardings=repl)
+
+
+def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """This host's slice of a global batch -> global arrays sharded along 'data' (works on 1 or many hosts)."""
+    sharding = NamedSharding(mesh, P("data"))
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
+
+
+def replicate(tree, mesh: Mesh):
+    return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def set_learning_rate(state: TrainState, lr: float) -> TrainState:
+    hp = dict(state.opt_state.hyperparams)
+    old = hp["learning_rate"]
+    hp["learning_rate"] = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Keras callbacks, epoch level
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Plateau:
+    """tf.keras.callbacks.ReduceLROnPlateau(monitor='val_loss', mode='min', cooldown=0) update rule."""
+
+    lr: float
+    factor: float = 0.4
+    patience: int = 20
+    min_lr: float = 5e-10
+    min_delta: float = 1e-4
+    best: float = math.inf
+    wait: int = 0
+
+    def update(self, val_loss: float) -> float:
+        """Record one epoch's val_loss; return the learning rate for the next epoch."""
+        if val_loss < self.best - self.min_delta:
+            self.best = float(val_loss)
+            self.wait = 0
+        else:
+            self.wait += 1
+            if self.wait >= self.patience:
+                if np.float32(self.lr) > np.float32(self.min_lr):
+                    self.lr = max(self.lr * self.factor, self.min_lr)
+                    self.wait = 0
+        return self.lr
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """tf.keras.callbacks.EarlyStopping(monitor='val_loss', mode='min', baseline=None) update rule."""
+
+    patience: int = 75
+    min_delta: float = 0.0
+    best: float = math.inf
+    best_epoch: int = -1
+    wait: int = 0
+
+    def update(self, epoch: int, val_loss: float) -> bool:
+        """Record one epoch; return True when training must stop after it."""
+        self.wait += 1
+        if val_loss - self.min_delta < self.best:
+            self.best = float(val_loss)
+            self.best_epoch = int(epoch)
+            self.wait = 0
+            return False
+        return self.wait >= self.patience and epoch > 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Evaluation
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def predict_logits(eval_step, state, rng_state, source, *, batch_size: int, mesh: Mesh) -> np.ndarray:
+    """Logits of every alert of a split, in file order."""
+    ds = input_pipeline.eval_dataset(source, global_batch=batch_size, process_index=jax.process_index(),
+                                     process_count=jax.process_count(), threads=input_pipeline.default_threads())
+    out = []
+    for b in input_pipeline.as_numpy(ds):
+        b.pop("mask")
+        b.pop("label")
+        out.append(np.asarray(eval_step(state, shard_batch(b, mesh), rng_state)))
+    return np.concatenate(out)[: len(source)] if out else np.zeros((0,), np.float32)
+
+
+def alert_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Unweighted BCE (Keras does not weight the validation loss), accuracy at score > 0.5, ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    loss = float(np.mean(bce_numpy(logits, labels))) if len(labels) else math.nan
+    acc = float(np.mean((logits > 0) == (labels > 0))) if len(labels) else math.nan
+    auc = float(roc_auc_score(labels, logits)) if len(np.unique(labels)) == 2 else math.nan
+    return {"loss": loss, "accuracy": acc, "auc": auc}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def load_sources(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """Random-access sources of train/val (and test if present) from `config.data_dir`.
+
+    `config.data_source`: 'files' reads the training-set format directly (memory-mapped); 'tfds' goes through the
+    `btsbot_alerts` TFDS builder (built once into `config.tfds_data_dir` from data_dir as its manual_dir)."""
+    if not config.data_dir:
+        raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a folder in the training-set format)")
+    version = config.get("data_version") or None
+    n_max = config.get("data_n_max") or None
+    source = config.get("data_source", "files")
+    if source == "files":
+        from btsbot_jax.dataset import DatasetError, load_split
+
+        out = {}
+        for split in ("train", "val", "test"):
+            try:
+                out[split] = input_pipeline.ArraySource.from_split(load_split(config.data_dir, split, version, n_max))
+            except DatasetError:
+                if split == "test":
+                    continue
+                raise
+        return out
+    if source == "tfds":
+        from btsbot_jax import tfds_builder
+
+        return tfds_builder.load_sources(config.data_dir, data_dir=config.get("tfds_data_dir") or None,
+                                         version=version, n_max=n_max)
+    raise ValueError(f"config.data_source must be 'files' or 'tfds', got {source!r}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def _checkpoint_manager(path: Path) -> ocp.CheckpointManager:
+    cm = ocp.checkpoint_managers
+    policy = cm.AnyPreservationPolicy([
+        cm.LatestN(1),
+        cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False),
+    ])
+    opts = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False,
+                                        cleanup_tmp_directories=True)
+    return ocp.CheckpointManager(path.absolute(), options=opts)
+
+
+def _restore(mngr: ocp.CheckpointManager, step: int, state: TrainState):
+    template = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    r = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template),
+                                                   meta=ocp.args.JsonRestore()))
+    return r.state, r.meta
+
+
+def _write_metrics(workdir: Path, history: list[dict]) -> None:
+    import csv
+
+    with open(workdir / "metrics.csv.tmp", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
+        w.writeheader()
+        for row in history:
+            w.writerow({k: row.get(k) for k in METRIC_FIELDS})
+    os.replace(workdir / "metrics.csv.tmp", workdir / "metrics.csv")
+    (workdir / "metrics.json.tmp").write_text(json.dumps(history, indent=1) + "\n")
+    os.replace(workdir / "metrics.json.tmp", workdir / "metrics.json")
+
+
+def _export_best(mdef: ModelDef, state: TrainState, rng_state, config, workdir: Path, info: dict) -> Path:
+    model = _model(mdef, jax.device_get(state.params), jax.device_get(state.batch_stats), rng_state)
+    model.eval()
+    card = make_model_card(
+        config.model, version=config.get("model_version", "dev"),
+        provenance={"trained_by": "btsbot_jax.train", "data_dir": str(config.data_dir), "seed": int(config.seed),
+                    **info},
+        training_config=json.loads(config.to_json_best_effort()),
+    )
+    return save_model(model, workdir / "best", card)
+
+
+def _progress(total: int, epoch: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="batch", leave=False,
+                disable=not enabled, dynamic_ncols=True)
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
+    """Train per `config`, checkpointing into `workdir`; resume automatically from its latest checkpoint.
+
+    Returns a summary: best epoch and val metrics, epochs run, stop reason, training rate, test metrics."""
+    workdir = Path(workdir).absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    mesh = make_mesh()
+    n_dev = mesh.size
+    if config.batch_size % n_dev:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {n_dev} devices of the mesh")
+    eval_bs = int(config.get("eval_batch_size", config.batch_size))
+    eval_bs = -(-eval_bs // n_dev) * n_dev
+
+    sources = load_sources(config)
+    train_src, val_src = sources["train"], sources["val"]
+    weights = class_weights(train_src.labels) if config.get("class_weighting", "alerts") == "alerts" \
+        else np.ones(2, np.float32)
+    nsteps = input_pipeline.steps_per_epoch(len(train_src), config.batch_size)
+    if config.get("max_steps_per_epoch", 0):
+        nsteps = min(nsteps, int(config.max_steps_per_epoch))
+    if nsteps == 0:
+        raise ValueError(f"training split has {len(train_src)} alerts, fewer than one batch ({config.batch_size})")
+
+    tx = make_optimizer(config)
+    mdef, state = create_train_state(config.model, tx, int(config.seed))
+    rng_state = replicate(mdef.rng_state, mesh)
+    state = replicate(state, mesh)
+    train_step = make_train_step(mdef, tx, weights, mesh)
+    eval_step = make_eval_step(mdef, mesh)
+
+    plateau = Plateau(lr=float(config.learning_rate), factor=config.reduce_lr_factor,
+                      patience=config.reduce_lr_patience, min_lr=config.reduce_lr_min_lr,
+                      min_delta=config.reduce_lr_min_delta)
+    stopper = EarlyStopping(patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta)
+    history: list[dict] = []
+    start_epoch = 0
+    stop_reason = "num_epochs"
+
+    mngr = _checkpoint_manager(workdir / "checkpoints")
+    latest = mngr.latest_step()
+    if latest is not None:
+        state, meta = _restore(mngr, latest, state)
+        start_epoch = int(meta["epoch"]) + 1
+        plateau = Plateau(**meta["plateau"])
+        stopper = EarlyStopping(**meta["early_stopping"])
+        history = list(meta["history"])
+        if meta.get("stopped"):
+            stop_reason = meta.get("stop_reason", "early_stopping")
+            start_epoch = int(config.num_epochs)  # finished before; nothing to do
+        log.info("resumed from %s at epoch %d", workdir / "checkpoints", start_epoch)
+    if is_main:
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+
+    writer = None
+    if is_main:
+        from tensorboardX import SummaryWriter
+
+        writer = SummaryWriter(str(workdir / "tensorboard"))
+    show_bar = is_main and bool(config.get("progress_bar", True))
+
+    for epoch in range(start_epoch, int(config.num_epochs)):
+        state = set_learning_rate(state, plateau.lr)
+        ds = input_pipeline.train_dataset(
+            train_src, global_batch=config.batch_size, seed=int(config.seed), epoch=epoch,
+            augment=bool(config.augment), process_index=jax.process_index(), process_count=jax.process_count(),
+            threads=input_pipeline.default_threads())
+        t0 = time.perf_counter()
+        losses, corrects = [], []
+        bar = _progress(nsteps, epoch, 0, show_bar)
+        for i, batch in enumerate(input_pipeline.as_numpy(ds.take(nsteps))):
+            state, m = train_step(state, shard_batch(batch, mesh), rng_state)
+            losses.append(m["loss"])
+            corrects.append(m["correct"])
+            if show_bar:
+                bar.update(1)
+                if i % 20 == 0:
+                    bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+        losses = np.asarray(jax.device_get(losses), np.float64)
+        corrects = np.asarray(jax.device_get(corrects), np.float64)
+        bar.close()
+        train_time = time.perf_counter() - t0
+        val_logits = predict_logits(eval_step, state, rng_state, val_src, batch_size=eval_bs, mesh=mesh)
+        vm = alert_metrics(val_logits, val_src.labels)
+        row = {
+            "epoch": epoch, "loss": float(losses.mean()),
+            "accuracy": float(corrects.sum() / (nsteps * config.batch_size)),
+            "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auc": vm["auc"], "lr": plateau.lr,
+            "alerts_per_s": nsteps * config.batch_size / train_time, "epoch_time_s": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if not math.isfinite(vm["loss"]):
+            raise FloatingPointError(f"epoch {epoch}: validation loss is {vm['loss']}; training diverged")
+        improved = vm["loss"] < stopper.best  # ModelCheckpoint(save_best_only=True): strict improvement
+        stop = stopper.update(epoch, vm["loss"])
+        plateau.update(vm["loss"])
+        if stop:
+            stop_reason = "early_stopping"
+        meta = {"epoch": epoch, "plateau": dataclasses.asdict(plateau),
+                "early_stopping": dataclasses.asdict(stopper), "history": history, "stopped": stop,
+                "stop_reason": stop_reason, "class_weights": weights.tolist()}
+        mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+                  metrics={"val_loss": vm["loss"]})
+        mngr.wait_until_finished()
+        if is_main:
+            _write_metrics(workdir, history)
+            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s"):
+                writer.add_scalar(k, row[k], epoch)
+            writer.flush()
+            if improved:
+                _export_best(mdef, state, mdef.rng_state, config, workdir,
+                             {"epoch": epoch, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"],
+                              "val_auc": vm["auc"]})
+            print(f"epoch {epoch:4d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  val_loss {vm['loss']:.4f}  "
+                  f"val_acc {vm['accuracy']:.4f}  val_auc {vm['auc']:.4f}  lr {row['lr']:.3g}  "
+                  f"{row['alerts_per_s']:.0f} alerts/s" + ("  *" if improved else ""), flush=True)
+        if stop:
+            break
+
+    if writer is not None:
+        writer.close()
+    if not history:
+        raise RuntimeError("no epoch was trained (num_epochs is 0?)")
+
+    # The shipped model: the best-val-loss checkpoint, re-exported from orbax (atomic) so that a kill during an
+    # earlier export can never leave a broken best/.
+    best_epoch = min(range(len(history)), key=lambda i: (history[i]["val_loss"], i))
+    best_epoch = history[best_epoch]["epoch"]
+    best_state, _ = _restore(mngr, best_epoch, state)
+    best_row = next(r for r in history if r["epoch"] == best_epoch)
+    summary = {
+        "workdir": str(workdir), "best_epoch": best_epoch, "best_val_loss": best_row["val_loss"],
+        "best_val_accuracy": best_row["val_accuracy"], "best_val_auc": best_row["val_auc"],
+        "epochs_run": len(history), "stop_reason": stop_reason, "class_weights": weights.tolist(),
+        "train_alerts": len(train_src), "val_alerts": len(val_src), "devices": n_dev,
+        "processes": jax.process_count(),
+        "alerts_per_s_median": float(np.median([r["alerts_per_s"] for r in history])),
+    }
+    if "test" in sources and config.get("evaluate_test", True):
+        tl = predict_logits(eval_step, best_state, rng_state, sources["test"], batch_size=eval_bs, mesh=mesh)
+        tm = alert_metrics(tl, sources["test"].labels)
+        summary.update({"test_loss": tm["loss"], "test_accuracy": tm["accuracy"], "test_auc": tm["auc"],
+                        "test_alerts": len(sources["test"])})
+    if is_main:
+        info = {"epoch": best_epoch, "val_loss": best_row["val_loss"], "val_accuracy": best_row["val_accuracy"],
+                "val_auc": best_row["val_auc"]}
+        if "test_auc" in summary:
+            info.update(test_auc=summary["test_auc"], test_accuracy=summary["test_accuracy"])
+        _export_best(mdef, best_state, mdef.rng_state, config, workdir, info)
+        (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    mngr.close()
+    return summary
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """The paper's recipe (Tables 2 and 3); experiments/configs/*.py start from this."""
+    c = ml_collections.ConfigDict()
+    c.model = default_model_config("mm_cnn")
+    c.data_dir = ""
+    c.data_source = "files"  # 'files' (training-set format, memory-mapped) or 'tfds' (btsbot_alerts builder)
+    c.tfds_data_dir = ""
+    c.data_version = ""  # '' = the only version in data_dir
+    c.data_n_max = 0  # 0 = the only N_max in data_dir
+    c.batch_size = 64
+    c.eval_batch_size = 256
+    c.learning_rate = 1e-4
+    c.beta1 = 0.99
+    c.beta2 = 0.99
+    c.epsilon = 1e-7
+    c.num_epochs = 1000
+    c.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
+    c.class_weighting = "alerts"  # 'alerts' (the paper) or 'none'
+    c.reduce_lr_factor = 0.4
+    c.reduce_lr_patience = 20
+    c.reduce_lr_min_lr = 5e-10
+    c.reduce_lr_min_delta = 1e-4  # Keras default
+    c.early_stopping_patience = 75
+    c.early_stopping_min_delta = 0.0  # Keras default
+    c.augment = True
+    c.seed = 2
+    c.model_version = "dev"
+    c.evaluate_test = True
+    c.progress_bar = True
+    return c
