@@ -373,9 +373,15 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
             rr = rows[r]
             rejected.append(Rejected(rr[5], f"{_name(rr[5], rr[0], rr[1])}: {e}", rr[0], rr[1], _kind(str(e))))
 
-    info = pd.DataFrame(rows, columns=list(INFO_COLUMNS))
-    info["candid"] = info["candid"].astype("Int64")
-    info["fid"] = info["fid"].astype("Int64")
+    cols = list(zip(*rows)) if rows else [()] * len(INFO_COLUMNS)
+    info = pd.DataFrame({
+        "candid": pd.array(cols[0], dtype="Int64"),  # never through float64: 19-digit candids
+        "objectId": pd.Series(cols[1], dtype=object),
+        "jd": np.asarray(cols[2], np.float64),
+        "magpsf": np.asarray(cols[3], np.float64),
+        "fid": pd.array([f if isinstance(f, (int, np.integer)) else None for f in cols[4]], dtype="Int64"),
+        "source": pd.Series(cols[5], dtype=object),
+    })
     metadata = np.stack(metas) if metas else np.zeros((0, NUM_METADATA), np.float32)
     if not keep.all():
         triplets, metadata = triplets[keep], metadata[keep]

@@ -37,10 +37,15 @@ class ScoreResult:
 
 
 def rejected_frame(rejected: Iterable[Rejected]) -> pd.DataFrame:
-    rows = [(r.candid, r.objectId, r.source, r.reason, r.kind) for r in rejected]
-    df = pd.DataFrame(rows, columns=list(REJECTED_COLUMNS))
-    df["candid"] = df["candid"].astype("Int64")
-    return df
+    rejected = list(rejected)
+    return pd.DataFrame({
+        # built as Int64 directly: a column of ints and None would pass through float64 and lose 19-digit candids
+        "candid": pd.array([r.candid for r in rejected], dtype="Int64"),
+        "objectId": pd.Series([r.objectId for r in rejected], dtype=object),
+        "source": pd.Series([r.source for r in rejected], dtype=object),
+        "reason": pd.Series([r.reason for r in rejected], dtype=object),
+        "kind": pd.Series([r.kind for r in rejected], dtype=object),
+    })
 
 
 def _empty_scores() -> pd.DataFrame:
