@@ -16,6 +16,7 @@ fixed scorer), the key is the original key, and the reason travels in headers (`
 from __future__ import annotations
 
 import bisect
+import concurrent.futures
 import dataclasses
 import datetime as _dt
 import json
@@ -83,6 +84,7 @@ class StreamConfig:
     log_every_s: float = 10.0
     flush_timeout_s: float = 60.0
     use_rb: bool = False
+    pipeline: bool = True                   # decode the next batch while the model scores this one
     create_topics: bool = True              # create missing output/dead-letter topics at start
     output_partitions: int = 1              # partitions of output topics created by us
     consumer_config: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -317,6 +319,32 @@ class _Letter:
     objectId: str | None = None
 
 
+@dataclasses.dataclass
+class _Batch:
+    msgs: list
+    t0: float
+    letters: list[_Letter] = dataclasses.field(default_factory=list)
+    alerts: list = dataclasses.field(default_factory=list)
+    origin: dict[str, int] = dataclasses.field(default_factory=dict)  # alert source -> index of its message
+    prep: Any = None
+    future: concurrent.futures.Future | None = None
+    scores: tuple[np.ndarray, np.ndarray] | None = None
+
+    def index_of(self, source: str) -> int:
+        i = self.origin.get(source)
+        return i if i is not None else _msg_of(source, self.msgs)
+
+
+def _decode(decode_avro_bytes, value: bytes, src: str):
+    """Decode with the scoring projection (light curves trimmed to what the features use) where available."""
+    from btsbot_jax import alerts
+
+    projection = getattr(alerts, "SCORING_PROJECTION", None)
+    if projection is None:
+        return decode_avro_bytes(value, source=src)
+    return decode_avro_bytes(value, source=src, projection=projection)
+
+
 def _json_float(x) -> float | None:
     x = float(x)
     return x if math.isfinite(x) else None
@@ -345,6 +373,8 @@ class StreamScorer:
         self._window = deque()  # (time, n alerts, batch ms) of recent batches for the periodic log line
         self._consumer = None
         self._producer = None
+        self._pending: _Batch | None = None  # scored (or being scored), not yet delivered and committed
+        self._taken = 0  # messages taken from the consumer
         self._results = ParquetParts(config.output_path, _result_schema()) if config.output_path else None
         self._rejected = (ParquetParts(rejected_path(config.output_path), _rejected_schema())
                           if config.output_path else None)
@@ -367,8 +397,9 @@ class StreamScorer:
         self.log.info("assigned %d partition(s): %s", len(partitions), _fmt_partitions(partitions))
 
     def _on_revoke(self, consumer, partitions) -> None:
-        # Batches are processed and committed between consume() calls and callbacks only run inside consume(),
-        # so nothing scored is uncommitted here: handing the partitions over loses nothing and re-scores nothing.
+        # Callbacks run inside consume(), between batches; the one batch that may be in flight (in the model) is
+        # delivered and committed now, before the partitions go to another member, so it is not scored twice.
+        self._finish_pending()
         self.stats.revocations += 1
         self._assigned.difference_update((p.topic, p.partition) for p in partitions)
         self.log.info("revoked %d partition(s): %s", len(partitions), _fmt_partitions(partitions))
@@ -398,31 +429,49 @@ class StreamScorer:
         next_log = time.monotonic() + cfg.log_every_s
         self._last_activity = time.monotonic()
         failed = None
+        pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="btsbot-stream-model")
+                if cfg.pipeline else None)
         try:
             while not self._stop.is_set():
                 n = cfg.max_batch
                 if cfg.max_alerts is not None:
-                    n = min(n, cfg.max_alerts - self.stats.messages)
+                    n = min(n, cfg.max_alerts - self._taken)
                     if n <= 0:
                         self.stop(f"max_alerts={cfg.max_alerts} reached")
                         break
-                msgs = self._consumer.consume(num_messages=n, timeout=cfg.max_wait_ms / 1000.0)
-                got = self._handle_errors(msgs)
-                if got:
-                    self.process_batch(got)
+                # While a batch is in the model, take only what is already fetched (a burst fills it anyway), so
+                # a quiet stream never holds a scored batch back for max_wait_ms.
+                wait = 0.0 if self._pending is not None else cfg.max_wait_ms / 1000.0
+                got = self._handle_errors(self._consumer.consume(num_messages=n, timeout=wait))
+                staged = self._stage(got) if got else None
+                self._taken += len(got)
+                self._finish_pending()
+                if staged is not None:
+                    self._pending = self._submit(staged, pool)
+                    if pool is None:
+                        self._finish_pending()
                     self._last_activity = time.monotonic()
                 now = time.monotonic()
-                if cfg.idle_timeout_s is not None and now - self._last_activity >= cfg.idle_timeout_s:
+                if (cfg.idle_timeout_s is not None and self._pending is None
+                        and now - self._last_activity >= cfg.idle_timeout_s):
                     self.stop(f"idle for {cfg.idle_timeout_s:g} s")
                 if now >= next_log:
                     self.log_progress()
                     next_log = now + cfg.log_every_s
+            self._finish_pending()
         except BaseException as e:  # noqa: BLE001 -- report, close the clients, re-raise
             failed = e
             raise
         finally:
+            if pool is not None:
+                pool.shutdown(wait=True, cancel_futures=True)
             self._close(failed)
         return self.stats.summary()
+
+    def _finish_pending(self) -> None:
+        batch, self._pending = self._pending, None
+        if batch is not None:
+            self._finish(batch)
 
     def _handle_errors(self, msgs) -> list:
         from confluent_kafka import KafkaError, KafkaException
@@ -448,10 +497,12 @@ class StreamScorer:
         try:
             if self._producer is not None:
                 self._producer.flush(self.config.flush_timeout_s)
+                self._producer = None  # librdkafka handle destroyed with the object (no close() in the API)
         finally:
             if self._consumer is not None:
                 self._lag()  # last look at the lag before leaving the group
                 self._consumer.close()  # leaves the group so the partitions move at once, no session timeout
+                self._consumer = None
         summary = self.stats.summary()
         how = "failed: " + repr(failed) if failed is not None else (self._stop_reason or "stopped")
         self.log.info("stream %s; summary %s", how, json.dumps(summary, sort_keys=True))
@@ -459,62 +510,80 @@ class StreamScorer:
     # -------------------------------------------------------------------------------------------- one batch
     def process_batch(self, msgs: Sequence) -> dict[str, Any]:
         """Score one micro-batch and make it durable; commit its offsets last. Raises StreamError if undeliverable."""
+        return self._finish(self._submit(self._stage(msgs), None))
+
+    def _stage(self, msgs: Sequence) -> _Batch:
+        """Decode and prepare (CPU, Python): runs while the previous batch is in the model."""
         from btsbot_jax.alerts import decode_avro_bytes
         from btsbot_jax.features import prepare_batch
 
         t0 = time.monotonic()
         if self.stats.first_message is None:
             self.stats.first_message = t0
-        letters: list[_Letter] = []
-        alerts = []
-        origin: dict[str, int] = {}  # alert source -> index of its message
-        for i, m in enumerate(msgs):
+        batch = _Batch(list(msgs), t0)
+        for i, m in enumerate(batch.msgs):
             src = f"{m.topic()}/{m.partition()}/{m.offset()}"
             value = m.value()
             if not value:
-                letters.append(_Letter(i, "decode", f"{src}: empty message", src))
+                batch.letters.append(_Letter(i, "decode", f"{src}: empty message", src))
                 continue
             try:
-                decoded = decode_avro_bytes(value, source=src)
+                decoded = _decode(decode_avro_bytes, value, src)
             except Exception as e:  # noqa: BLE001 -- any decoder failure is this message's problem, not the stream's
-                letters.append(_Letter(i, "decode", f"{src}: {type(e).__name__}: {e}", src))
+                batch.letters.append(_Letter(i, "decode", f"{src}: {type(e).__name__}: {e}", src))
                 continue
             if not decoded:
-                letters.append(_Letter(i, "decode", f"{src}: avro container holds no record", src))
+                batch.letters.append(_Letter(i, "decode", f"{src}: avro container holds no record", src))
             for a in decoded:
                 if a.error is not None or a.record is None:
-                    letters.append(_Letter(i, "decode", f"{a.source}: {a.error or 'no record'}", a.source,
-                                           *_ids(a.record)))
+                    batch.letters.append(_Letter(i, "decode", f"{a.source}: {a.error or 'no record'}", a.source,
+                                                 *_ids(a.record)))
                 else:
-                    origin[a.source] = i
-                    alerts.append(a)
-        prep = prepare_batch(alerts, use_rb=self.config.use_rb) if alerts else None
+                    batch.origin[a.source] = i
+                    batch.alerts.append(a)
+        if batch.alerts:
+            batch.prep = prepare_batch(batch.alerts, use_rb=self.config.use_rb)
+            batch.alerts = []  # the decoded packets (with their stamps) are not needed any more
+            for r in batch.prep.rejected:
+                batch.letters.append(_Letter(batch.index_of(r.source), "prepare", r.reason, r.source, r.candid,
+                                             r.objectId))
+        return batch
+
+    def _submit(self, batch: _Batch, pool: concurrent.futures.Executor | None) -> _Batch:
+        """Start the model on the batch: in `pool` (JAX releases the GIL, so the next batch decodes meanwhile)."""
+        if batch.prep is not None and len(batch.prep.info):
+            args = (batch.prep.triplets, batch.prep.metadata)
+            if pool is None:
+                batch.scores = self._score(*args)
+            else:
+                batch.future = pool.submit(self._score, *args)
+        return batch
+
+    def _finish(self, batch: _Batch) -> dict[str, Any]:
+        """Wait for the scores, deliver results and dead letters, then commit the batch's offsets."""
+        msgs, letters = batch.msgs, batch.letters
         results: list[tuple[int, dict[str, Any]]] = []
-        if prep is not None:
-            for r in prep.rejected:
-                letters.append(_Letter(origin.get(r.source, _msg_of(r.source, msgs)), "prepare", r.reason, r.source,
-                                       r.candid, r.objectId))
-            if len(prep.info):
-                scores, ok = self._score(prep.triplets, prep.metadata)
-                info = prep.info.reset_index(drop=True)
-                for k, row in enumerate(info.itertuples(index=False)):
-                    i = origin.get(row.source, _msg_of(row.source, msgs))
-                    if not ok[k]:
-                        letters.append(_Letter(i, "score", f"{row.source}: non-finite score or model input",
-                                               row.source, _int_or_none(row.candid), _str_or_none(row.objectId)))
-                        continue
-                    m = msgs[i]
-                    results.append((i, {
-                        "candid": _int_or_none(row.candid), "objectId": _str_or_none(row.objectId),
-                        "jd": _json_float(row.jd),
-                        "magpsf": _json_float(row.magpsf), "score": float(scores[k]),
-                        "model_version": self.model_version, "topic": m.topic(), "partition": m.partition(),
-                        "offset": m.offset(),
-                    }))
+        if batch.future is not None:
+            batch.scores = batch.future.result()
+        if batch.scores is not None:
+            scores, ok = batch.scores
+            info = batch.prep.info.reset_index(drop=True)
+            for k, row in enumerate(info.itertuples(index=False)):
+                i = batch.index_of(row.source)
+                if not ok[k]:
+                    letters.append(_Letter(i, "score", f"{row.source}: non-finite score or model input",
+                                           row.source, _int_or_none(row.candid), _str_or_none(row.objectId)))
+                    continue
+                m = msgs[i]
+                results.append((i, {
+                    "candid": _int_or_none(row.candid), "objectId": _str_or_none(row.objectId),
+                    "jd": _json_float(row.jd), "magpsf": _json_float(row.magpsf), "score": float(scores[k]),
+                    "model_version": self.model_version, "topic": m.topic(), "partition": m.partition(),
+                    "offset": m.offset(),
+                }))
         self._deliver(msgs, results, letters)
         self._commit(msgs)
-        done = time.monotonic()
-        batch_ms = (done - t0) * 1000.0
+        batch_ms = (time.monotonic() - batch.t0) * 1000.0
         self._account(msgs, len(results), letters, batch_ms)
         info = {"messages": len(msgs), "scored": len(results), "dead_letters": len(letters), "batch_ms": batch_ms}
         if self.on_batch is not None:
@@ -646,8 +715,16 @@ class StreamScorer:
                 return 0
             total = 0
             for tp in c.position(parts):
-                lo, hi = c.get_watermark_offsets(tp, timeout=2.0, cached=False)
-                pos = tp.offset if tp.offset >= 0 else lo
+                # The high watermark of the last fetch response first (no round trip, and exact on tansu, whose
+                # ListOffsets answers the base offset of the last record batch + 1, low by up to a batch).
+                lo, hi = c.get_watermark_offsets(tp, cached=True)
+                if hi is None or hi < 0:
+                    lo, hi = c.get_watermark_offsets(tp, timeout=2.0, cached=False)
+                if tp.offset < 0:  # nothing fetched yet: the committed offset, else the start of the log
+                    com = c.committed([tp], timeout=2.0)[0].offset
+                    pos = com if com >= 0 else lo
+                else:
+                    pos = tp.offset
                 total += max(0, hi - pos)
             self.stats.lag = total
             return total

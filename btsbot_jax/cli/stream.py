@@ -34,6 +34,7 @@ flags.DEFINE_integer("max_alerts", None, "Stop after this many messages (tests, 
 flags.DEFINE_float("idle_timeout_s", None, "Stop after this many seconds without a message (drain a topic).")
 flags.DEFINE_float("log_every_s", 10.0, "Seconds between progress log lines.")
 flags.DEFINE_float("flush_timeout_s", 60.0, "Longest wait for the broker to acknowledge a batch's results.")
+flags.DEFINE_boolean("pipeline", True, "Decode/prepare the next batch while the model scores this one.")
 flags.DEFINE_boolean("use_rb", False, "Use candidate.rb instead of drb for the drb feature (pre-2020 alerts).")
 flags.DEFINE_boolean("create_topics", True, "Create missing output/dead-letter topics at start.")
 flags.DEFINE_integer("output_partitions", 1, "Partitions of the output topics this command creates.")
@@ -53,8 +54,8 @@ def _main(argv):
             output_topic=FLAGS.output_topic, dead_letter_topic=FLAGS.dead_letter_topic, output_path=FLAGS.output,
             max_batch=FLAGS.max_batch, max_wait_ms=FLAGS.max_wait_ms, max_alerts=FLAGS.max_alerts,
             idle_timeout_s=FLAGS.idle_timeout_s, log_every_s=FLAGS.log_every_s,
-            flush_timeout_s=FLAGS.flush_timeout_s, use_rb=FLAGS.use_rb, create_topics=FLAGS.create_topics,
-            output_partitions=FLAGS.output_partitions,
+            flush_timeout_s=FLAGS.flush_timeout_s, use_rb=FLAGS.use_rb, pipeline=FLAGS.pipeline,
+            create_topics=FLAGS.create_topics, output_partitions=FLAGS.output_partitions,
             consumer_config=parse_config_pairs(FLAGS.consumer_config),
             producer_config=parse_config_pairs(FLAGS.producer_config))
         cfg.validate()
