@@ -48,9 +48,9 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ZTF_TOP_LEVEL = ("schemavsn", "publisher", "objectId", "candid", "candidate", "prv_candidates", "fp_hists",
                  "cutoutScience", "cutoutTemplate", "cutoutDifference")
 PARQUET_BATCH_ROWS = 256
-# What prepare_batch needs (and a little more for light-curve users): every candidate field, a few fields of each
+# What prepare_batch needs (and the light curve's essentials): every candidate field, a few fields of each
 # prv_candidates entry, no forced-photometry history.
-PRV_SCORING_FIELDS = ("jd", "fid", "pid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos", "candid", "programid")
+PRV_SCORING_FIELDS = ("jd", "fid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos")
 SCORING_PROJECTION = {"prv_candidates": PRV_SCORING_FIELDS, "fp_hists": SKIP}
 
 
@@ -210,12 +210,26 @@ def _parse_container_header(buf: bytes) -> tuple[dict[str, bytes], bytes, int]:
     return meta, buf[pos:pos + 16], pos + 16
 
 
+_KEYS: dict[int, tuple[Any, str]] = {}
+
+
+def _projection_key(projection: dict | None) -> str:
+    """Cache key of a projection (memoised by identity: decode_avro_bytes runs once per Kafka message)."""
+    if not projection:
+        return ""
+    hit = _KEYS.get(id(projection))
+    if hit is None or hit[0] is not projection:
+        hit = (projection, json.dumps(projection, sort_keys=True))
+        _KEYS[id(projection)] = hit
+    return hit[1]
+
+
 class _Ordinals:
     """Record numbering across all paths of one read, the shard filter, and the decoding options."""
 
     def __init__(self, num_shards: int, shard_index: int, stats: ReadStats, projection: dict | None = None):
         self.projection = projection or None
-        self.projection_key = json.dumps(projection, sort_keys=True) if projection else ""
+        self.projection_key = _projection_key(projection)
         if num_shards < 1 or not 0 <= shard_index < num_shards:
             raise ValueError(f"need num_shards >= 1 and 0 <= shard_index < num_shards, got {shard_index}/{num_shards}")
         self.n = num_shards

@@ -204,21 +204,24 @@ class _Compiler:
             self.emit(schema["values"], ns, val, lines, ind + "        ", keep)
             a(f"{ind}        {out}[{key}] = {val}")
         elif t == "union":
-            branches = schema
-            if len(branches) == 2 and self.resolve(branches[0], ns)[0] == "null":
-                a(f"{ind}if b[p] == 0: {out} = None; p += 1")  # branch 0 (null) is the single byte 0
-                a(f"{ind}else:")
-                a(f"{ind}    if b[p] != 2: raise ValueError('union index out of range')")
-                a(f"{ind}    p += 1")
-                self.emit(branches[1], ns, out, lines, ind + "    ", keep)
-            else:
-                a(f"{ind}i, p = _read_long(b, p)")
-                for k, br in enumerate(branches):
-                    a(f"{ind}{'if' if k == 0 else 'elif'} i == {k}:")
-                    self.emit(br, ns, out, lines, ind + "    ", keep)
-                a(f"{ind}else: raise ValueError('union index out of range')")
+            # the branch index is a zig-zag varint: one byte 2*k for branch k < 64
+            if len(schema) > 63:
+                raise Unsupported("union with more than 63 branches")
+            a(f"{ind}x = b[p]; p += 1")
+            for k, br in enumerate(schema):
+                a(f"{ind}{'if' if k == 0 else 'elif'} x == {2 * k}:")
+                self.emit(br, ns, out, lines, ind + "    ", keep)
+            a(f"{ind}else: raise ValueError('union index out of range')")
         else:
             raise Unsupported(f"type {t!r}")
+
+    def fixed_size(self, schema: Any, ns: str | None) -> int | None:
+        """Encoded size in bytes of a value of `schema` if it never varies (null, boolean, float, double, fixed)."""
+        schema, ns = self.resolve(schema, ns)
+        t = schema if isinstance(schema, str) else (None if isinstance(schema, list) else schema.get("type"))
+        if t == "fixed":
+            return int(schema["size"])
+        return {"null": 0, "boolean": 1, "float": 4, "double": 8}.get(t)
 
     def skip(self, schema: Any, ns: str | None, lines: list[str], ind: str) -> None:
         """Append code that moves p past one value of `schema` without building it."""
@@ -233,7 +236,8 @@ class _Compiler:
         if size is not None:
             a(f"{ind}p += {size}")
         elif t in ("int", "long", "enum"):
-            a(f"{ind}p = _skip_long(b, p)")
+            a(f"{ind}while b[p] >= 128: p += 1")
+            a(f"{ind}p += 1")
         elif t in ("string", "bytes"):
             a(f"{ind}x = b[p]")
             a(f"{ind}if x < 128 and not x & 1: p += 1 + (x >> 1)")
@@ -256,32 +260,27 @@ class _Compiler:
                 if len(lines) == before:
                     a(f"{ind}        pass")
         elif t == "union":
-            branches = schema
-            if len(branches) == 2 and self.resolve(branches[0], ns)[0] == "null":
-                bt = self.resolve(branches[1], ns)[0]
-                bt = bt if isinstance(bt, str) else bt.get("type") if isinstance(bt, dict) else None
-                bsize = {"boolean": 1, "float": 4, "double": 8}.get(bt)
-                a(f"{ind}x = b[p]")
-                if bsize is not None:
-                    a(f"{ind}if x == 2: p += {1 + bsize}")
-                    a(f"{ind}elif x == 0: p += 1")
-                    a(f"{ind}else: raise ValueError('union index out of range')")
-                    return
-                a(f"{ind}if x == 0: p += 1")
-                a(f"{ind}elif x == 2:")
-                a(f"{ind}    p += 1")
+            if len(schema) > 63:
+                raise Unsupported("union with more than 63 branches")
+            sizes = [self.fixed_size(br, ns) for br in schema]
+            if all(z is not None for z in sizes):
+                # every branch has a fixed size (e.g. ["null", "float"]): one table lookup on the index byte; an
+                # invalid index jumps far past the data, which the caller reports as a record running past its end
+                table = [1 << 40] * 256
+                for k, z in enumerate(sizes):
+                    table[2 * k] = 1 + z
+                c = self.tmp("_SKIP")
+                self.consts[c] = tuple(table)
+                a(f"{ind}p += {c}[b[p]]")
+                return
+            a(f"{ind}x = b[p]; p += 1")
+            for k, br in enumerate(schema):
+                a(f"{ind}{'if' if k == 0 else 'elif'} x == {2 * k}:")
                 before = len(lines)
-                self.skip(branches[1], ns, lines, ind + "    ")
+                self.skip(br, ns, lines, ind + "    ")
                 if len(lines) == before:
                     a(f"{ind}    pass")
-                a(f"{ind}else: raise ValueError('union index out of range')")
-            else:
-                a(f"{ind}i, p = _read_long(b, p)")
-                for k, br in enumerate(branches):
-                    a(f"{ind}{'if' if k == 0 else 'elif'} i == {k}:")
-                    a(f"{ind}    pass")
-                    self.skip(br, ns, lines, ind + "    ")
-                a(f"{ind}else: raise ValueError('union index out of range')")
+            a(f"{ind}else: raise ValueError('union index out of range')")
         else:
             raise Unsupported(f"type {t!r}")
 

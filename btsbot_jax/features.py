@@ -165,6 +165,58 @@ def custom_features(record: Mapping, history: Sequence[Mapping] | None = None) -
     }
 
 
+_PLAIN_NUMBERS = {float, int}
+_FAST_FIELDS = CANDIDATE_FEATURES + ("jd", "jdstarthist")
+_DRB = CANDIDATE_FEATURES.index("drb")
+_I_MAG = CANDIDATE_FEATURES.index("magpsf")
+_I_NCOV = CANDIDATE_FEATURES.index("ncovhist")
+_I_NDET = CANDIDATE_FEATURES.index("ndethist")
+_I_JD = len(CANDIDATE_FEATURES)
+
+
+def _metadata_fast(record: Mapping, use_rb: bool) -> np.ndarray | None:
+    """The common case (plain numbers, nothing missing, no caller history) in plain Python arithmetic.
+
+    Returns None for anything else; `metadata_from_record`'s field-by-field path then computes the result or
+    the reason, so both paths accept exactly the same alerts (tests check they agree)."""
+    cand = record.get("candidate") if isinstance(record, dict) else None
+    if not isinstance(cand, dict):
+        return None
+    vals = [cand.get(k) for k in _FAST_FIELDS]
+    if use_rb and vals[_DRB] is None:
+        vals[_DRB] = cand.get("rb")
+    jds, mags = [], []
+    for e in record.get("prv_candidates") or ():
+        if not isinstance(e, dict):
+            return None
+        m = e.get("magpsf")
+        if m is not None:
+            mags.append(m)
+            jds.append(e.get("jd"))
+    jd, jdstart = vals[_I_JD], vals[_I_JD + 1]
+    mags.append(vals[_I_MAG])  # history order: prv_candidates, then the candidate
+    jds.append(jd)
+    if not (set(map(type, vals)) <= _PLAIN_NUMBERS and set(map(type, mags)) <= _PLAIN_NUMBERS
+            and set(map(type, jds)) <= _PLAIN_NUMBERS):
+        return None
+    try:
+        if not math.isfinite(sum(vals) + sum(mags) + sum(jds)):  # NaN/inf anywhere (or an overflowing sum):
+            return None                                           # the slow path finds which, or decides
+    except OverflowError:  # a Python int beyond float range
+        return None
+    peak_mag = min(mags)
+    peak_jd = jds[mags.index(peak_mag)]  # first one on ties
+    first_jd = min(jdstart, min(jds))
+    custom = (jd - first_jd, jd - peak_jd, peak_jd - first_jd, peak_mag, max(mags),
+              vals[_I_NCOV] - vals[_I_NDET])
+    out = np.empty(NUM_METADATA, np.float64)
+    out[_CAND_INDEX] = vals[:_I_JD]
+    out[_CUSTOM_INDEX] = custom
+    with np.errstate(over="ignore"):
+        m = out.astype(np.float32)
+    return m if np.isfinite(m).all() else None
+
+
 def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequence[Mapping] | None = None
                          ) -> np.ndarray:
     """(25,) float32 in METADATA_COLUMNS order. Raises AlertError with the reason.
@@ -172,6 +224,10 @@ def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequenc
     `use_rb`: when `drb` is null or absent (old packets), use `rb` instead; off by default since the model was
     trained on drb.
     """
+    if not history:
+        fast = _metadata_fast(record, use_rb)
+        if fast is not None:
+            return fast
     cand = _candidate(record)
     out = np.empty(NUM_METADATA, np.float64)
     for i, name in zip(_CAND_INDEX, CANDIDATE_FEATURES):
@@ -191,8 +247,11 @@ def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequenc
 
 
 # ----------------------------------------------------------------------------------------------- triplet
-def cutout_images(record: Mapping) -> list[np.ndarray]:
-    """The three raw cutouts (science, template, difference) as 2-D arrays, checked against spec section 2."""
+def cutout_images(record: Mapping, *, copy: bool = True) -> list[np.ndarray]:
+    """The three raw cutouts (science, template, difference) as 2-D arrays, their shapes checked (spec section 2).
+
+    Pixel values (inf, all NaN, all zero) are checked where the cutouts are normalised. copy=False may return
+    read-only big-endian views of the decompressed stamps (the batch path converts them while stacking)."""
     if not isinstance(record, Mapping):
         raise AlertError(f"record is not a mapping ({type(record).__name__})")
     images = []
@@ -204,7 +263,7 @@ def cutout_images(record: Mapping) -> list[np.ndarray]:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise AlertError(f"{name}.stampData is {'null' if data is None else type(data).__name__}, not bytes")
         try:
-            img = read_stamp(bytes(data))
+            img = read_stamp(bytes(data), copy=copy)
         except StampError as e:
             raise AlertError(f"{name}: {e}") from None
         if img.ndim != 2:
@@ -212,12 +271,8 @@ def cutout_images(record: Mapping) -> list[np.ndarray]:
         h, w = img.shape
         if h == 0 or w == 0 or h > IMAGE_SIZE or w > IMAGE_SIZE:
             raise AlertError(f"{name}: image is {h}x{w}, expected at most {IMAGE_SIZE}x{IMAGE_SIZE}")
-        if not np.issubdtype(img.dtype, np.floating):
-            img = img.astype(np.float64)
-        if np.isinf(img).any():
-            raise AlertError(f"{name}: {int(np.isinf(img).sum())} inf pixel(s)")
-        if np.isnan(img).all():
-            raise AlertError(f"{name}: all {h * w} pixels are NaN")
+        if not np.issubdtype(img.dtype, np.number) or np.issubdtype(img.dtype, np.complexfloating):
+            raise AlertError(f"{name}: image of type {img.dtype} is not real-valued")
         images.append(img)
     return images
 
@@ -225,33 +280,48 @@ def cutout_images(record: Mapping) -> list[np.ndarray]:
 FLOAT32_NORM_OVERFLOW = float(np.finfo(np.float32).max)  # sum of squares above this: production's norm is inf
 
 
-def _normalise_stack(stack: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(k, 3, h, w) raw cutouts -> (normalised float32 (k, 3, h, w), bad mask (k, 3) of all-zero cutouts)."""
-    x = stack.astype(np.float64)  # a copy; inf was rejected before, so only NaN needs replacing
-    np.copyto(x, 0.0, where=np.isnan(x))
-    sumsq = np.einsum("kcij,kcij->kc", x, x)
-    norm = np.sqrt(sumsq)
-    bad = ~(norm > 0)
-    norm[bad] = 1.0
-    out = x / norm[:, :, None, None]
-    out[sumsq > FLOAT32_NORM_OVERFLOW] = 0.0  # what float32 x / inf gives in production (see module docstring)
-    return out.astype(np.float32), bad
+def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS) -> tuple[np.ndarray, list[str | None]]:
+    """(k, 3, h, w) float32 raw cutouts, normalised IN PLACE -> (stack, reason or None per alert).
 
-
-def _zero_reason(bad_row: np.ndarray) -> str:
-    names = [n for n, b in zip(CUTOUT_FIELDS, bad_row) if b]
-    return f"{', '.join(names)}: all pixels are zero (after NaN -> 0), L2 norm 0"
+    NaN -> 0, divide by the L2 norm (accumulated in float64, so no overflow), zero the cutouts whose float32
+    norm overflows (as production does). A cutout with inf pixels, all NaN, or all zero gives the alert a reason.
+    """
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        nan = np.isnan(stack)
+        all_nan = nan.all(axis=(2, 3))
+        n_inf = np.isinf(stack).sum(axis=(2, 3))
+        stack[nan] = 0.0
+        sumsq = np.einsum("kcij,kcij->kc", stack, stack, dtype=np.float64)
+        bad = (n_inf > 0) | all_nan | ~(sumsq > 0)
+        norm = np.sqrt(np.where(bad, 1.0, sumsq)).astype(np.float32)
+        stack /= norm[:, :, None, None]
+        stack[sumsq > FLOAT32_NORM_OVERFLOW] = 0.0  # float32 x / inf, as in production (see module docstring)
+    reasons: list[str | None] = [None] * stack.shape[0]
+    for j in np.flatnonzero(bad.any(axis=1)):
+        parts = []
+        for c, name in enumerate(names):
+            if n_inf[j, c]:
+                parts.append(f"{name}: {int(n_inf[j, c])} inf pixel(s)")
+            elif all_nan[j, c]:
+                parts.append(f"{name}: all {stack.shape[2] * stack.shape[3]} pixels are NaN")
+            elif not sumsq[j, c] > 0:
+                parts.append(f"{name}: all pixels are zero (after NaN -> 0), L2 norm 0")
+        reasons[j] = "; ".join(parts)
+    return stack, reasons
 
 
 def triplet_from_images(images: Sequence[np.ndarray]) -> np.ndarray:
     """Three raw 2-D cutouts -> (63, 63, 3) float32 per spec section 2. Raises AlertError."""
     out = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), PAD_VALUE, np.float32)
+    reasons = []
     for c, img in enumerate(images):
-        norm_img, bad = _normalise_stack(np.asarray(img)[None, None])
-        if bad[0, 0]:
-            raise AlertError(_zero_reason(np.eye(3, dtype=bool)[c]))
         h, w = img.shape
-        out[:h, :w, c] = norm_img[0, 0]
+        normed, (reason,) = _normalise_stack(np.array(img, np.float32)[None, None], names=(CUTOUT_FIELDS[c],))
+        if reason is not None:
+            reasons.append(reason)
+        out[:h, :w, c] = normed[0, 0]
+    if reasons:
+        raise AlertError("; ".join(reasons))
     return out
 
 
@@ -337,7 +407,7 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
             if oid is None:
                 raise AlertError("missing or null objectId")
             meta = metadata_from_record(record, use_rb=use_rb, history=_history_for(history, record))
-            images = cutout_images(record)
+            images = cutout_images(record, copy=False)
         except AlertError as e:
             rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {e}", candid, oid, _kind(str(e))))
             continue
@@ -356,13 +426,16 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
     keep = np.ones(n, bool)
     full_rows = [r for r, v in partial.items() if v is None]
     if full_rows:
-        normed, bad = _normalise_stack(np.stack([np.stack(imgs) for imgs in full]))
+        stack = np.empty((len(full), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+        for j, imgs in enumerate(full):  # converts big-endian views while copying in
+            stack[j, 0], stack[j, 1], stack[j, 2] = imgs
+        normed, reasons = _normalise_stack(stack)
         triplets[full_rows] = normed.transpose(0, 2, 3, 1)
-        for j in np.flatnonzero(bad.any(axis=1)):
-            keep[full_rows[j]] = False
-            r = rows[full_rows[j]]
-            reason = _zero_reason(bad[j])
-            rejected.append(Rejected(r[5], f"{_name(r[5], r[0], r[1])}: {reason}", r[0], r[1], _kind(reason)))
+        for j, reason in enumerate(reasons):
+            if reason is not None:
+                keep[full_rows[j]] = False
+                r = rows[full_rows[j]]
+                rejected.append(Rejected(r[5], f"{_name(r[5], r[0], r[1])}: {reason}", r[0], r[1], _kind(reason)))
     for r, images in partial.items():
         if images is None:
             continue

@@ -70,40 +70,51 @@ def _card_value(card: bytes) -> bytes | None:
     return v.split(b"/", 1)[0].strip()
 
 
+_END_CARD = b"END" + b" " * 77
+_REQUIRED = (b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2")
+
+
+_HEADERS: dict[bytes, tuple[int, int, int] | None] = {}  # ZTF stamps share a handful of distinct headers
+
+
 def parse_header(raw: bytes) -> tuple[int, int, int] | None:
     """(NAXIS2, NAXIS1, data offset) of a plain BITPIX=-32 2-D primary image, or None if anything is unusual."""
     if raw[:6] != b"SIMPLE":
         return None
-    keys: dict[bytes, bytes | None] = {}
-    n = len(raw)
-    pos = 0
-    while True:
-        if pos + _CARD > n:
-            return None  # no END card
-        card = raw[pos:pos + _CARD]
-        pos += _CARD
-        key = card[:8].rstrip()
-        if key == b"END":
-            break
-        if key in _FALLBACK_KEYS:
-            return None
-        if key in (b"SIMPLE", b"BITPIX", b"NAXIS", b"NAXIS1", b"NAXIS2", b"EXTEND"):
-            if key in keys:
-                return None
-            keys[key] = _card_value(card)
-    if keys.get(b"SIMPLE") != b"T" or keys.get(b"BITPIX") != b"-32" or keys.get(b"NAXIS") != b"2":
-        return None
+    end = raw.find(_END_CARD)
+    while end > 0 and end % _CARD:
+        end = raw.find(_END_CARD, end + 1)
+    if end < 0:
+        return None  # no END card
+    key = raw[:end]
+    if key in _HEADERS:
+        hdr = _HEADERS[key]
+    else:
+        hdr = _parse_cards(raw, end)
+        if len(_HEADERS) > 4096:
+            _HEADERS.clear()
+        _HEADERS[key] = hdr
+    if hdr is None or len(raw) < hdr[2] + hdr[0] * hdr[1] * 4:
+        return None  # unusual, or a short data unit: astropy decides what that means
+    return hdr
+
+
+def _parse_cards(raw: bytes, end: int) -> tuple[int, int, int] | None:
+    keys = [raw[i:i + 8].rstrip() for i in range(0, end, _CARD)]
+    if _FALLBACK_KEYS.intersection(keys) or any(keys.count(k) > 1 for k in _REQUIRED):
+        return None  # an unusual keyword, or a repeated structural one: astropy decides
+    cards = {k: raw[i * _CARD:(i + 1) * _CARD] for i, k in enumerate(keys)}
     try:
-        nx = int(keys[b"NAXIS1"])
-        ny = int(keys[b"NAXIS2"])
+        if (_card_value(cards[b"SIMPLE"]) != b"T" or _card_value(cards[b"BITPIX"]) != b"-32"
+                or _card_value(cards[b"NAXIS"]) != b"2"):
+            return None
+        nx = int(_card_value(cards[b"NAXIS1"]))
+        ny = int(_card_value(cards[b"NAXIS2"]))
     except (KeyError, TypeError, ValueError):
         return None
     if nx <= 0 or ny <= 0:
         return None
-    offset = -(-pos // _BLOCK) * _BLOCK
-    if n < offset + nx * ny * 4:
-        return None  # short data unit: astropy decides what that means
-    return ny, nx, offset
+    return ny, nx, -(-(end + _CARD) // _BLOCK) * _BLOCK
 
 
 def read_fits_astropy(raw: bytes) -> np.ndarray:
@@ -127,22 +138,26 @@ def read_fits_astropy(raw: bytes) -> np.ndarray:
     return data
 
 
-def read_fits(raw: bytes) -> np.ndarray:
-    """FITS bytes -> image array as astropy gives it: shape (NAXIS2, NAXIS1), native float32 on the fast path."""
+def read_fits(raw: bytes, *, copy: bool = True) -> np.ndarray:
+    """FITS bytes -> image array as astropy gives it: shape (NAXIS2, NAXIS1), native float32 on the fast path.
+
+    copy=False returns the fast path's read-only big-endian view of `raw` (no copy; for batch code that converts
+    while stacking)."""
     hdr = parse_header(raw)
     if hdr is None:
         return read_fits_astropy(raw)
     ny, nx, offset = hdr
-    return np.frombuffer(raw, dtype=">f4", count=nx * ny, offset=offset).reshape(ny, nx).astype(np.float32)
+    view = np.frombuffer(raw, dtype=">f4", count=nx * ny, offset=offset).reshape(ny, nx)
+    return view.astype(np.float32) if copy else view
 
 
-def read_stamp(stamp_data: bytes) -> np.ndarray:
+def read_stamp(stamp_data: bytes, *, copy: bool = True) -> np.ndarray:
     """One `stampData` (gzip-compressed FITS) -> 2-D image. Raises StampError with the reason."""
     if stamp_data is None:
         raise StampError("stampData is null")
     if len(stamp_data) == 0:
         raise StampError("stampData is empty")
-    return read_fits(gunzip(stamp_data))
+    return read_fits(gunzip(stamp_data), copy=copy)
 
 
 def read_stamp_astropy(stamp_data: bytes) -> np.ndarray:

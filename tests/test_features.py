@@ -278,3 +278,16 @@ def test_prepare_batch_accounts_for_every_input(packet):
 
 def test_custom_feature_names_cover_the_model_columns():
     assert sorted(CANDIDATE_FEATURES + CUSTOM_FEATURES) == sorted(METADATA_COLUMNS)
+
+
+def test_fast_metadata_path_equals_field_by_field_path(monkeypatch, packet):
+    from btsbot_jax import features
+
+    records = [packet]
+    if ZTF_ALERTS.exists():
+        records += [a.record for a in iter_alerts(ZTF_ALERTS)]
+    fast = np.stack([metadata_from_record(r) for r in records])
+    assert features._metadata_fast(records[-1], False) is not None  # the fast path is really taken
+    monkeypatch.setattr(features, "_metadata_fast", lambda record, use_rb: None)
+    slow = np.stack([metadata_from_record(r) for r in records])
+    np.testing.assert_array_equal(fast, slow)
