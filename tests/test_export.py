@@ -55,6 +55,25 @@ def test_v101_exports_match_flax_on_real_alerts(v101_export, v101_checkpoint, us
     assert 0 < (expected > 0.5).sum() < 39  # both decisions occur, so the comparison means something
 
 
+def test_v101_exports_match_flax_on_simulated_packets(v101_export, v101_checkpoint, tmp_path):
+    """Mock ZTF packets from the simulator, through the same ingestion code as real ones."""
+    from btsbot_jax.alerts import iter_alerts
+    from btsbot_jax.features import prepare_batch
+    from btsbot_jax.sim.pipeline import SimConfig, simulate
+
+    simulate(tmp_path / "sim", SimConfig(num_sources=12, seed=3, workers=1, training_set=False))
+    alerts = list(iter_alerts(tmp_path / "sim"))
+    prep = prepare_batch(alerts)
+    assert len(prep) > 100 and len(prep) + len(prep.rejected) == len(alerts)
+    flax = load_scorer(v101_checkpoint)(prep.triplets, prep.metadata)
+    for fmt in FORMATS:
+        got = load_scorer(v101_export / fmt)(prep.triplets, prep.metadata)
+        err = np.abs(got - flax).max()
+        print(f"{fmt}: max|export-flax| = {err:.2e} on {len(prep)} simulated alerts ({(flax > 0.5).sum()} above 0.5)")
+        assert err < 1e-5
+        np.testing.assert_array_equal(got > 0.5, flax > 0.5)
+
+
 def _randomised_model(arch: str, seed: int, **sizes):
     """A fresh model whose biases and BatchNorm statistics are non-trivial too (fresh ones are 0 and 1, which
     would not exercise the bias and normalisation paths of the exported graphs)."""
