@@ -3,7 +3,8 @@
 Every input record ends up in exactly one place: scored, rejected (with the reason naming the alert), or counted
 as a duplicate of a candid already scored in this run. `summary["records_read"] == scored + rejected + duplicates`
 always holds (and is checked before returning). Decoding/feature work for the next batch overlaps with the model
-running on the previous one (one scoring thread; JAX releases the GIL while it computes).
+running on the previous one (one scoring thread; JAX releases the GIL while it computes). With `workers` > 1 the
+decoding runs in that many processes, each reading its own share of the records.
 """
 
 from __future__ import annotations
@@ -12,16 +13,17 @@ import collections
 import concurrent.futures
 import dataclasses
 import os
+import queue
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from btsbot_jax.alerts import SCORING_PROJECTION, RawAlert, ReadStats, iter_alerts
+from btsbot_jax.alerts import SCORING_PROJECTION, AlertReadError, RawAlert, ReadStats, iter_alerts
 from btsbot_jax.features import Prepared, Rejected, prepare_batch
 
 SCORE_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "score", "model_version", "source")
@@ -54,16 +56,32 @@ def _empty_scores() -> pd.DataFrame:
                       "score": np.float32, "model_version": object, "source": object})
 
 
-def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, use_rb: bool = False,
-                 progress: bool = False, stats: ReadStats | None = None) -> ScoreResult:
-    """Score a stream of RawAlerts (see `score_paths`); `stats` is the reader's, for the summary."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+def _batches_from_alerts(alerts: Iterable[RawAlert], batch_size: int, use_rb: bool, seen: set[int]
+                         ) -> Iterator[tuple[Prepared | None, int, int]]:
+    """(prepared batch, records it stands for, duplicates skipped before decoding) from a RawAlert stream."""
+    batch: list[RawAlert] = []
+    n_in = dups = 0
+    for a in alerts:
+        n_in += 1
+        c = a.candid if a.error is None else None
+        if c is not None and c in seen:  # already scored: do not decode its stamps again
+            dups += 1
+            continue
+        batch.append(a)
+        if len(batch) >= batch_size:
+            yield prepare_batch(batch, use_rb=use_rb), n_in, dups
+            batch, n_in, dups = [], 0, 0
+    if batch or n_in:
+        yield (prepare_batch(batch, use_rb=use_rb) if batch else None), n_in, dups
+
+
+def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progress: bool
+             ) -> tuple[pd.DataFrame, list[Rejected], int, int]:
+    """Score prepared batches (the model runs in a thread while the next batch is prepared); dedup by candid."""
     version = getattr(scorer, "version", "unknown")
-    t0 = time.perf_counter()
-    seen: set[int] = set()
-    duplicates = 0
-    n_in = 0
+    seen = getattr(batches, "seen", None)
+    seen = seen if seen is not None else set()
+    counts = {"in": 0, "dups": 0}
     rejected: list[Rejected] = []
     frames: list[pd.DataFrame] = []
     bar = None
@@ -73,13 +91,12 @@ def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, u
         bar = tqdm(unit=" alerts", desc="btsbot-score", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
 
     def finish(prepared: Prepared, scores: np.ndarray) -> None:
-        nonlocal duplicates
         info = prepared.info
         keep = np.ones(len(info), bool)
-        for i, c in enumerate(info["candid"].tolist()):  # repeats inside one batch
+        for i, c in enumerate(info["candid"].tolist()):  # repeats inside one batch or across batches
             if c in seen:
                 keep[i] = False
-                duplicates += 1
+                counts["dups"] += 1
             else:
                 seen.add(c)
         df = info[keep].copy()
@@ -94,41 +111,40 @@ def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, u
 
     pending: tuple[Prepared, concurrent.futures.Future] | None = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="btsbot-score") as pool:
-
-        def flush(batch: list[RawAlert]) -> None:
-            nonlocal pending
-            prepared = prepare_batch(batch, use_rb=use_rb)
-            rejected.extend(prepared.rejected)
-            fut = pool.submit(run, prepared)
-            if pending is not None:
-                finish(pending[0], pending[1].result())
-            pending = (prepared, fut)
+        for prepared, n_in, dups in batches:
+            counts["in"] += n_in
+            counts["dups"] += dups
+            if prepared is not None:
+                rejected.extend(prepared.rejected)
+                fut = pool.submit(run, prepared)
+                if pending is not None:
+                    finish(pending[0], pending[1].result())
+                pending = (prepared, fut)
             if bar is not None:
-                bar.update(len(batch))
+                bar.update(n_in)
                 bar.set_postfix(scored=len(seen), rejected=len(rejected), refresh=False)
-
-        batch: list[RawAlert] = []
-        for a in alerts:
-            n_in += 1
-            c = a.candid if a.error is None else None
-            if c is not None and c in seen:  # already scored: do not decode its stamps again
-                duplicates += 1
-                continue
-            batch.append(a)
-            if len(batch) >= batch_size:
-                flush(batch)
-                batch = []
-        if batch:
-            flush(batch)
         if pending is not None:
             finish(pending[0], pending[1].result())
     if bar is not None:
         bar.close()
-
     scores = pd.concat(frames, ignore_index=True) if frames else _empty_scores()
     scores["candid"] = scores["candid"].astype("Int64")
+    return scores, rejected, counts["in"], counts["dups"]
+
+
+class _SeenBatches:
+    """A batch iterator that shares the consumer's set of scored candids (so the reader can skip repeats)."""
+
+    def __init__(self, make):
+        self.seen: set[int] = set()
+        self._it = make(self.seen)
+
+    def __iter__(self):
+        return self._it
+
+
+def _summary(scorer, scores, rejected, n_in, duplicates, seconds, stats: ReadStats | None) -> dict[str, Any]:
     rej = rejected_frame(rejected)
-    seconds = time.perf_counter() - t0
     summary = {
         "records_read": n_in,
         "scored": len(scores),
@@ -137,7 +153,7 @@ def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, u
         "duplicates": duplicates,
         "seconds": seconds,
         "alerts_per_s": n_in / seconds if seconds > 0 else float("nan"),
-        "model_version": version,
+        "model_version": getattr(scorer, "version", "unknown"),
     }
     if stats is not None:
         summary.update(files=stats.files, skipped_files=stats.skipped_files,
@@ -147,23 +163,123 @@ def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, u
     if n_in != summary["scored"] + summary["rejected"] + duplicates:  # the invariant users rely on
         raise AssertionError(f"lost alerts: read {n_in} != scored {summary['scored']} + rejected "
                              f"{summary['rejected']} + duplicates {duplicates}")
-    return ScoreResult(scores, rej, summary)
+    return summary
+
+
+def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, use_rb: bool = False,
+                 progress: bool = False, stats: ReadStats | None = None) -> ScoreResult:
+    """Score a stream of RawAlerts (see `score_paths`); `stats` is the reader's, for the summary."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    t0 = time.perf_counter()
+    batches = _SeenBatches(lambda seen: _batches_from_alerts(alerts, batch_size, use_rb, seen))
+    scores, rejected, n_in, dups = _consume(scorer, batches, progress)
+    summary = _summary(scorer, scores, rejected, n_in, dups, time.perf_counter() - t0, stats)
+    return ScoreResult(scores, rejected_frame(rejected), summary)
+
+
+# ------------------------------------------------------------------------------------ parallel decoding
+def _worker_main(paths, num_shards, shard_index, batch_size, use_rb, errors, out) -> None:
+    """One decode process: its share of the records -> prepared batches on `out`, then its ReadStats."""
+    try:
+        stats = ReadStats()
+        alerts = iter_alerts(paths, num_shards=num_shards, shard_index=shard_index, stats=stats, errors=errors,
+                             projection=SCORING_PROJECTION)
+        for item in _batches_from_alerts(alerts, batch_size, use_rb, set()):
+            out.put(("batch", item))
+        out.put(("done", stats))
+    except BaseException as e:  # noqa: BLE001 - report anything to the parent, which raises it
+        import traceback
+
+        out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
+
+
+def _parallel_batches(paths, workers, num_shards, shard_index, batch_size, use_rb, errors, stats_out: list):
+    """Prepared batches from `workers` decode processes, merged round-robin (a deterministic order).
+
+    Worker k reads the records with ordinal % (num_shards * workers) == shard_index + num_shards * k: together
+    exactly this run's shard. Processes are spawned (not forked) so no JAX state is copied into them."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    total = num_shards * workers
+    queues = [ctx.Queue(maxsize=4) for _ in range(workers)]
+    procs = [ctx.Process(target=_worker_main, daemon=True, name=f"btsbot-decode-{k}",
+                         args=(list(map(str, paths)), total, shard_index + num_shards * k, batch_size, use_rb,
+                               errors, queues[k])) for k in range(workers)]
+    for pr in procs:
+        pr.start()
+    try:
+        live = list(range(workers))
+        while live:
+            for k in list(live):
+                while True:
+                    try:
+                        msg = queues[k].get(timeout=2.0)
+                        break
+                    except queue.Empty:
+                        if not procs[k].is_alive():
+                            raise RuntimeError(f"decode worker {k} died (exit code {procs[k].exitcode})") from None
+                if msg[0] == "batch":
+                    yield msg[1]
+                elif msg[0] == "done":
+                    stats_out.append(msg[1])
+                    live.remove(k)
+                else:
+                    raise RuntimeError(f"decode worker {k} failed: {msg[1]}")
+    finally:
+        for pr in procs:
+            if pr.is_alive():
+                pr.terminate()
+            pr.join(timeout=5)
+
+
+def _merge_stats(parts: list[ReadStats]) -> ReadStats:
+    """Every worker walks all files (skipping others' records), so file counts come from one of them."""
+    first = parts[0]
+    merged = ReadStats(paths=first.paths, files=first.files, skipped_files=first.skipped_files,
+                       skipped_examples=first.skipped_examples, unreadable_paths=first.unreadable_paths,
+                       bytes_read=first.bytes_read)
+    merged.records = sum(p.records for p in parts)
+    merged.undecodable = sum(p.undecodable for p in parts)
+    merged.other_shards = first.records + first.other_shards - merged.records
+    return merged
 
 
 def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, shard_index: int = 0,
-                progress: bool = True, use_rb: bool = False, errors: str = "collect") -> ScoreResult:
+                progress: bool = True, use_rb: bool = False, errors: str = "collect", workers: int = 1
+                ) -> ScoreResult:
     """Score every alert under `paths` (avro files, folders, .tar/.tar.gz, parquet).
 
     Paths that cannot be read at all are listed in `summary["unreadable_paths"]` (errors="collect", the default)
     or raise AlertReadError (errors="raise"). `num_shards`/`shard_index` split the records deterministically
     (by reading order) so that N runs together score every record exactly once; duplicates are found within a
-    run (shard).
+    run (shard). `workers` > 1 decodes in that many processes (the model still runs once, here); the rows then
+    come in a deterministic order that differs from workers=1.
     """
-    stats = ReadStats()
-    alerts = iter_alerts(paths, num_shards=num_shards, shard_index=shard_index, stats=stats, errors=errors,
-                         projection=SCORING_PROJECTION)
-    result = score_alerts(scorer, alerts, batch_size=batch_size, use_rb=use_rb, progress=progress, stats=stats)
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    if workers == 1:
+        stats = ReadStats()
+        alerts = iter_alerts(paths, num_shards=num_shards, shard_index=shard_index, stats=stats, errors=errors,
+                             projection=SCORING_PROJECTION)
+        result = score_alerts(scorer, alerts, batch_size=batch_size, use_rb=use_rb, progress=progress, stats=stats)
+    else:
+        if errors == "raise":  # fail fast, before starting processes
+            for p in paths:
+                if not os.path.exists(p):
+                    raise AlertReadError(p, "no such file or directory")
+        t0 = time.perf_counter()
+        parts: list[ReadStats] = []
+        batches = _parallel_batches(paths, workers, num_shards, shard_index, batch_size, use_rb, errors, parts)
+        scores, rejected, n_in, dups = _consume(scorer, batches, progress)
+        stats = _merge_stats(parts)
+        summary = _summary(scorer, scores, rejected, n_in, dups, time.perf_counter() - t0, stats)
+        result = ScoreResult(scores, rejected_frame(rejected), summary)
     result.summary["shard"] = f"{shard_index}/{num_shards}"
+    result.summary["workers"] = workers
     return result
 
 

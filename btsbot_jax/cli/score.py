@@ -23,6 +23,8 @@ flags.DEFINE_integer("batch_size", 256, "Alerts per model call.", lower_bound=1)
 flags.DEFINE_integer("num_shards", 1, "Split the input records into this many shards (one per machine).",
                      lower_bound=1)
 flags.DEFINE_integer("shard_index", 0, "Which shard this run scores (0-based).", lower_bound=0)
+flags.DEFINE_integer("workers", 1, "Decode in this many processes (the model runs once, in the main process).",
+                     lower_bound=1)
 flags.DEFINE_bool("use_rb", False, "Use candidate.rb where drb is null (old packets); off: such alerts are rejected.")
 flags.DEFINE_bool("progress", True, "Show a progress bar on stderr.")
 
@@ -60,7 +62,8 @@ def _main(argv):
         return 2
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
-                         shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb)
+                         shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb,
+                         workers=FLAGS.workers)
     write_table(result.scores, FLAGS.output)
     write_table(result.rejected, rejected_path)
     s = result.summary
