@@ -72,7 +72,8 @@ class Scorer:
                f"--topics={topic}", f"--group_id={topic}_group", f"--checkpoint={model}",
                f"--output_topic={topic}_out", f"--dead_letter_topic={topic}_dlq", f"--max_batch={args.max_batch}",
                f"--max_wait_ms={args.max_wait_ms}", "--log_every_s=5", f"--idle_timeout_s={args.idle_timeout_s}",
-               "--consumer_config=session.timeout.ms=6000", "--consumer_config=heartbeat.interval.ms=500"]
+               "--consumer_config=session.timeout.ms=6000", "--consumer_config=heartbeat.interval.ms=500",
+               f"--pipeline={str(args.pipeline).lower()}"]
         self.tag = tag
         self.lines: list[str] = []
         self.assigned = threading.Event()
@@ -85,6 +86,10 @@ class Scorer:
             self.lines.append(line.rstrip())
             if "assigned" in line:
                 self.assigned.set()
+        self.assigned.set()  # exited: do not wait for an assignment that cannot come
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def finish(self, timeout: float = 120) -> dict:
         out, _ = self.proc.communicate(timeout=timeout)
@@ -94,7 +99,7 @@ class Scorer:
             return {"error": f"no summary (exit {self.proc.returncode})", "log_tail": self.lines[-20:]}
 
 
-def count_outputs(bootstrap: str, topics: list[str], n: int, timeout: float) -> dict:
+def count_outputs(bootstrap: str, topics: list[str], n: int, timeout: float, alive=lambda: True) -> dict:
     """Read the output topics from the beginning until n messages; times of the first and last."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
@@ -107,7 +112,7 @@ def count_outputs(bootstrap: str, topics: list[str], n: int, timeout: float) -> 
     c.assign(parts)
     got, first, last = 0, None, None
     deadline = time.monotonic() + timeout
-    while got < n and time.monotonic() < deadline:
+    while got < n and time.monotonic() < deadline and alive():
         for m in c.consume(1000, 0.1):
             if m.error() is None:
                 got += 1
@@ -131,14 +136,15 @@ def burst(args, values: list[bytes], model: Path, bootstrap: str) -> dict:
     t_start = time.monotonic()
     scorers = [Scorer(args, bootstrap, topic, model, args.alerts, f"s{i}") for i in range(args.scorers)]
     for s in scorers:
-        if not s.assigned.wait(600):
-            raise SystemExit(f"scorer {s.tag} never got partitions: {s.lines[-20:]}")
+        if not s.assigned.wait(600) or not s.alive():
+            raise SystemExit(f"scorer {s.tag} never got partitions: " + "\n".join(s.lines[-30:]))
     time.sleep(1.0)  # let a late rebalance (several scorers) settle
     log(f"scorers warm and assigned after {time.monotonic() - t_start:.1f} s; producing {args.alerts} alerts")
 
     reader = {}
     th = threading.Thread(target=lambda: reader.update(count_outputs(
-        bootstrap, [f"{topic}_out", f"{topic}_dlq"], args.alerts, args.timeout_s)))
+        bootstrap, [f"{topic}_out", f"{topic}_dlq"], args.alerts, args.timeout_s,
+        lambda: any(s.alive() for s in scorers))))
     th.start()
     p = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "message.max.bytes": 8 << 20,
                   "queue.buffering.max.kbytes": 2 << 20, "acks": "all"})
@@ -156,15 +162,20 @@ def burst(args, values: list[bytes], model: Path, bootstrap: str) -> dict:
     log(f"burst on the broker after {t_produced - t0:.2f} s; waiting for the results")
     th.join()
     for s in scorers:  # SIGTERM: finish the batch, commit, print the summary
-        s.proc.send_signal(signal.SIGTERM)
+        if s.alive():
+            s.proc.send_signal(signal.SIGTERM)
     summaries = [s.finish() for s in scorers]
+    for s in scorers:
+        (Path(args.logs) / f"stream_burst_{s.tag}.log").write_text("\n".join(s.lines) + "\n")
+        if s.proc.returncode != 0:
+            log(f"scorer {s.tag} exited with {s.proc.returncode}:\n" + "\n".join(s.lines[-30:]))
     if reader.get("received", 0) < args.alerts:
         log(f"only {reader.get('received')} of {args.alerts} results within {args.timeout_s} s")
     done = reader.get("last") or time.monotonic()
     total = done - t0
     return {
         "alerts": args.alerts, "received": reader.get("received"), "partitions": args.partitions,
-        "scorers": args.scorers, "max_batch": args.max_batch,
+        "scorers": args.scorers, "max_batch": args.max_batch, "pipeline": args.pipeline,
         "produce_s": round(t_produced - t0, 3),
         "time_to_fully_scored_s": round(total, 3),
         "first_result_after_s": round((reader["first"] - t0), 3) if reader.get("first") else None,
@@ -221,10 +232,13 @@ def main():
     ap.add_argument("--partitions", type=int, default=4)
     ap.add_argument("--scorers", type=int, default=1)
     ap.add_argument("--checkpoint", default=None)
+    ap.add_argument("--pipeline", action=argparse.BooleanOptionalAction, default=True,
+                    help="decode the next batch while the model scores (btsbot-stream --pipeline)")
     ap.add_argument("--bootstrap_servers", default=None)
     ap.add_argument("--idle_timeout_s", type=float, default=900, help="scorers stop after this idle time (safety)")
     ap.add_argument("--timeout_s", type=float, default=600)
     ap.add_argument("--offline_s", type=float, default=None)
+    ap.add_argument("--logs", default="/tmp", help="folder for the scorers' logs")
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "stream_burst.json"))
     args = ap.parse_args()
     args.alerts = args.alerts or (1000 if args.quick else 10_000)
@@ -260,7 +274,7 @@ def main():
     out.write_text(json.dumps(res, indent=2, default=str) + "\n")
     s = res
     print(f"burst of {s['alerts']} alerts ({what}), {s['partitions']} partitions, {s['scorers']} scorer(s), "
-          f"max_batch {s['max_batch']}")
+          f"max_batch {s['max_batch']}, pipeline {s['pipeline']}")
     print(f"  produced to the broker in      {s['produce_s']:.2f} s")
     print(f"  first result after             {s['first_result_after_s']} s")
     print(f"  fully scored after             {s['time_to_fully_scored_s']:.2f} s  "
@@ -269,6 +283,12 @@ def main():
     o = s["offline_alerts_per_s"]
     print(f"  same steps without Kafka       decode+prepare {o['decode+prepare']:.1f}/s, model {o['model']:.1f}/s, "
           f"both {o['decode+prepare+model']:.1f}/s -> stream/offline {s['stream_over_offline_pipeline']:.2f}")
+    cpu = [x.get("cpu_s") for x in s["scorer_summaries"] if x.get("cpu_s")]
+    if cpu:
+        per = sum(cpu) / s["alerts"]
+        print(f"  scorer CPU time                {sum(cpu):.1f} s = {per * 1e3:.2f} ms/alert (incl. idle polling); "
+              f"if it had all {s['cpu_count']} CPUs to itself the burst would need >= "
+              f"{sum(cpu) / s['cpu_count']:.0f} s")
     print(f"  load average {s['load_average']} on {s['cpu_count']} CPUs; details in {out}")
 
 

@@ -178,6 +178,7 @@ class StreamStats:
     """Counters of one scorer process; `summary()` is what the final log line and the CLI's JSON report show."""
 
     started: float = dataclasses.field(default_factory=time.monotonic)
+    cpu_start: float = dataclasses.field(default_factory=lambda: _cpu_seconds())
     first_message: float | None = None
     last_done: float | None = None
     messages: int = 0
@@ -214,6 +215,8 @@ class StreamStats:
             "revocations": self.revocations,
             "consumer_lag": self.lag,
             "wall_s": round(now - self.started, 3),
+            # CPU time of the whole process (all threads) since the scorer started: the load-independent cost.
+            "cpu_s": round(_cpu_seconds() - self.cpu_start, 3),
             "active_s": round(active, 3),
             "alerts_per_s": round((self.alerts_scored + self.dead_letters) / active, 1) if active > 0 else None,
             "batch_latency_ms_p50": _round(p50),
@@ -221,6 +224,13 @@ class StreamStats:
             "e2e_latency_ms_p50": _round(self.e2e.quantile(0.5)),
             "e2e_latency_ms_p99": _round(self.e2e.quantile(0.99)),
         }
+
+
+def _cpu_seconds() -> float:
+    import resource
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def _round(x: float | None, nd: int = 1) -> float | None:
@@ -370,7 +380,8 @@ class StreamScorer:
         self._stop_reason: str | None = None
         self._assigned: set[tuple[str, int]] = set()
         self._last_activity = time.monotonic()
-        self._window = deque()  # (time, n alerts, batch ms) of recent batches for the periodic log line
+        self._window = deque()  # (time, n alerts, batch ms) of the batches since the last progress line
+        self._last_log = time.monotonic()
         self._consumer = None
         self._producer = None
         self._pending: _Batch | None = None  # scored (or being scored), not yet delivered and committed
@@ -427,6 +438,7 @@ class StreamScorer:
         self.log.info("consuming %s as group %s (model %s, max_batch %d, max_wait_ms %d)",
                       ",".join(cfg.topics), cfg.group_id, self.model_version, cfg.max_batch, cfg.max_wait_ms)
         next_log = time.monotonic() + cfg.log_every_s
+        self._last_log = time.monotonic()
         self._last_activity = time.monotonic()
         failed = None
         pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="btsbot-stream-model")
@@ -733,12 +745,13 @@ class StreamScorer:
             return None
 
     def log_progress(self) -> None:
+        """One line over the batches finished since the previous line (rate over the real interval)."""
         now = time.monotonic()
-        span = self.config.log_every_s
-        while self._window and self._window[0][0] < now - span:
-            self._window.popleft()
-        n = sum(w[1] for w in self._window)
-        p50, p99 = _quantiles([w[2] for w in self._window])
+        span = max(now - self._last_log, 1e-9)
+        self._last_log = now
+        batches, self._window = list(self._window), deque()
+        n = sum(w[1] for w in batches)
+        p50, p99 = _quantiles([w[2] for w in batches])
         lag = self._lag()
         st = self.stats
         self.log.info(
