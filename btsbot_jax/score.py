@@ -75,9 +75,11 @@ def _batches_from_alerts(alerts: Iterable[RawAlert], batch_size: int, use_rb: bo
         yield (prepare_batch(batch, use_rb=use_rb) if batch else None), n_in, dups
 
 
-def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progress: bool
+def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progress: bool, pad_to: int = 0
              ) -> tuple[pd.DataFrame, list[Rejected], int, int]:
-    """Score prepared batches (the model runs in a thread while the next batch is prepared); dedup by candid."""
+    """Score prepared batches (the model runs in a thread while the next batch is prepared); dedup by candid.
+
+    Short batches are padded to `pad_to` rows so one compiled program serves the whole run."""
     version = getattr(scorer, "version", "unknown")
     seen = getattr(batches, "seen", None)
     seen = seen if seen is not None else set()
@@ -105,9 +107,14 @@ def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progre
         frames.append(df[list(SCORE_COLUMNS)])
 
     def run(prepared: Prepared) -> np.ndarray:
-        if len(prepared) == 0:
+        n = len(prepared)
+        if n == 0:
             return np.zeros((0,), np.float32)
-        return np.asarray(scorer(prepared.triplets, prepared.metadata), np.float32)
+        t, m = prepared.triplets, prepared.metadata
+        if n < pad_to:  # a short batch (the last one, or one with rejections) reuses the full batch's compiled
+            t = np.concatenate([t, np.zeros((pad_to - n, *t.shape[1:]), t.dtype)])  # program: eval-mode rows
+            m = np.concatenate([m, np.zeros((pad_to - n, m.shape[1]), m.dtype)])    # are independent
+        return np.asarray(scorer(t, m), np.float32)[:n]
 
     pending: tuple[Prepared, concurrent.futures.Future] | None = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="btsbot-score") as pool:
@@ -173,7 +180,7 @@ def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, u
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     t0 = time.perf_counter()
     batches = _SeenBatches(lambda seen: _batches_from_alerts(alerts, batch_size, use_rb, seen))
-    scores, rejected, n_in, dups = _consume(scorer, batches, progress)
+    scores, rejected, n_in, dups = _consume(scorer, batches, progress, pad_to=batch_size)
     summary = _summary(scorer, scores, rejected, n_in, dups, time.perf_counter() - t0, stats)
     return ScoreResult(scores, rejected_frame(rejected), summary)
 
@@ -274,7 +281,7 @@ def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, sh
         t0 = time.perf_counter()
         parts: list[ReadStats] = []
         batches = _parallel_batches(paths, workers, num_shards, shard_index, batch_size, use_rb, errors, parts)
-        scores, rejected, n_in, dups = _consume(scorer, batches, progress)
+        scores, rejected, n_in, dups = _consume(scorer, batches, progress, pad_to=batch_size)
         stats = _merge_stats(parts)
         summary = _summary(scorer, scores, rejected, n_in, dups, time.perf_counter() - t0, stats)
         result = ScoreResult(scores, rejected_frame(rejected), summary)
