@@ -4,9 +4,9 @@ candidate fields consistently, build prv_candidates and render the three cutouts
 Measurement model, calibrated on the real packets (kowalski + fink sets in ../shared/data):
 - measured difference flux F = F_true + N(0, sqrt(sigma_F^2 + (0.02 F)^2));
 - `scorr` (ZOGY's matched-filter S/N, the alert trigger at |scorr| >= 5) = F / sqrt((sigma_F/1.3)^2 + (beta F)^2):
-  slightly above F/sigma_F for faint sources, saturating at ~20-130 for bright ones (beta ~ 0.03), as in ZTF;
+  slightly above F/sigma_F for faint sources, saturating at ~20-130 for bright ones (beta ~ 0.024), as in ZTF;
 - `sigmapsf` = 1.0857 / (F / sqrt((sigma_F/1.25)^2 + (gamma F)^2)), gamma ~ 0.04: a floor of a few 0.01 mag;
-- `chipsf` ~ 1 + (S/N / 15)^1.7 (PSF mismatch grows with brightness), higher for artefacts;
+- `chipsf` ~ 1 + (S/N / 13)^2 (PSF mismatch grows with brightness), higher for artefacts;
 - `drb` = sigmoid(realness): ~1 for real sources, lower at low S/N, mostly low for bogus;
 - `ndethist`/`ncovhist`/`jdstarthist` count raw detections (S/N >= 3) and coverage since survey start.
 """
@@ -21,7 +21,7 @@ from btsbot_jax.sim.population import BOGUS_TYPES, CCD_NX, CCD_NY, Source, objec
 from btsbot_jax.sim.survey import NID_OFFSET, ZP0, Nights, conditions, schedule
 
 SEEING_GRID0 = 0.8  # px: FWHM grid for the cached scene renders
-SEEING_GRID_STEP = 1.12
+SEEING_GRID_STEP = 1.1
 PRV_WINDOW = 30.0  # days of history in prv_candidates, as ZTF
 ALERT_SCORR = 5.0
 RAW_DET_SNR = 3.0
@@ -131,7 +131,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         f_true, art_params = _artefact_flux(src, rng, vis, f_true)
     sig = vis.sigma_flux
     f_meas = f_true + rng.normal(0, 1, n) * np.sqrt(sig ** 2 + (0.02 * f_true) ** 2)
-    beta = 0.03 * np.exp(rng.normal(0, 0.3, n))
+    beta = 0.024 * np.exp(rng.normal(0, 0.35, n))
     gamma = 0.04 * np.exp(rng.normal(0, 0.35, n))
     scorr = f_meas / np.sqrt((sig / 1.3) ** 2 + (beta * f_meas) ** 2)
     snr_psf = np.abs(f_meas) / np.sqrt((sig / 1.25) ** 2 + (gamma * f_meas) ** 2)
@@ -177,7 +177,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
     rb = np.clip(_sigmoid(0.35 * logit + rng.normal(0.4, 0.5, n)) * 0.98, 0.01, 0.99)
     magpsf = zp - 2.5 * np.log10(np.maximum(np.abs(f_meas), 1e-3))
     sigmapsf = 1.0857 / np.maximum(snr_psf, 1e-3)
-    chipsf = np.exp(rng.normal(0, 0.25, n)) * (1 + (snr_psf / 15.0) ** 1.7) * (3.0 if is_bogus else 1.0)
+    chipsf = np.exp(rng.normal(0, 0.3, n)) * (1 + (snr_psf / 13.0) ** 2.0) * (3.0 if is_bogus else 1.0)
     fwhm = vis.fwhm_px * np.exp(rng.normal(0.02, 0.12, n))
     if src.artefact is not None and src.artefact["kind"] in ("cosmic ray", "hot pixel"):
         fwhm = rng.uniform(0.6, 1.3, n)
@@ -272,10 +272,10 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         for i in alert_idx:
             cand_cache[i].update(ssdistnr=_f(rng.uniform(0, 4)), ssmagnr=_f(magpsf[i] + rng.normal(0, 0.3)),
                                  ssnamenr=str(10000 + src.index % 500000))
-    renderer = _Renderer(src, vis, rng, stamp_cache, art_params, level) if render_cutouts else None
+    renderer = _Renderer(src, vis, seed, stamp_cache, art_params, level) if render_cutouts else None
     for i in alert_idx:
         meas = cand_cache[i]
-        stamps = {}
+        stamps, raw = {}, {}
         if renderer is not None:
             sci, ref, diff = renderer.stamps(i, f_meas[i], f_now[i], f_ref[i])
             # 5x5 statistics of the difference around the candidate, as ZTF's nneg/nbad/sumrat
@@ -288,7 +288,9 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
             for key, img, tag in (("cutoutScience", sci, "sci"), ("cutoutTemplate", ref, "ref"),
                                   ("cutoutDifference", diff, "diff")):
                 img = render.crop(img, src.crop_box)
-                stamps[key] = {"fileName": f"{base}_{tag}.fits.gz", "stampData": render.stamp_bytes(img, level)}
+                fits = render.fits_bytes(img)
+                stamps[key] = {"fileName": f"{base}_{tag}.fits.gz", "stampData": render.gzip_bytes(fits, level)}
+                raw[key] = fits
         else:
             meas["nneg"], meas["nbad"], meas["sumrat"] = 0, 0, 1.0
             stamps = {"cutoutScience": None, "cutoutTemplate": None, "cutoutDifference": None}
@@ -309,6 +311,8 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         prv = [prv_entry(j) for j in range(lo, i)]
         rec = {"schemavsn": SCHEMA_VERSION, "publisher": PUBLISHER, "objectId": oid, "candid": int(candid[i]),
                "candidate": c, "prv_candidates": prv or None, **stamps}
+        if raw:
+            rec["_fits"] = raw  # the uncompressed FITS of each cutout (not written; see AlertEncoder.encode_source)
         records.append(rec)
     return records, truth
 
@@ -339,10 +343,10 @@ def _date(jd: float) -> str:
 class _Renderer:
     """Stamps of one source: the reference is rendered once per band; science and difference per alert."""
 
-    def __init__(self, src: Source, vis, rng: np.random.Generator, cache: dict, art_params: dict, level: int):
+    def __init__(self, src: Source, vis, seed: int, cache: dict, art_params: dict, level: int):
         self.src = src
         self.vis = vis
-        self.rng = np.random.default_rng([src.index, 0x57A, int(rng.integers(1 << 31))])
+        self.rng = np.random.default_rng([seed, 0x57A, src.index])
         self.cache = cache
         self.art = art_params
         self.level = level
@@ -353,14 +357,34 @@ class _Renderer:
             ref = {b: src.lc.ref_mag(b) for b in (1, 2, 3)}
             if all(np.isfinite(v) for v in ref.values()):
                 self.components.append(("point", 0.0, 0.0, ref))
+        self.points = [c for c in self.components if c[0] == "point"]
+        self.galaxies = [c for c in self.components if c[0] != "point"]
+        self._px = np.array([self.center[0] + c[1] for c in self.points])
+        self._py = np.array([self.center[1] + c[2] for c in self.points])
+
+    def _base(self, band: int) -> np.ndarray:
+        """The galaxies of the static scene in this band at zero point ZP0[band], rendered once per source with
+        the sharp BASE_SIGMA PSF; each exposure's galaxies are a blur of it (render.psf_blur)."""
+        key = ("base", band)
+        if key not in self.cache:
+            if "stack" not in self.cache:
+                self.cache["stack"] = render.unit_stack(self.galaxies, 0.0, self.center, sigma=render.BASE_SIGMA)
+            self.cache[key] = np.tensordot(render.component_fluxes(self.galaxies, band, ZP0[band]),
+                                           self.cache["stack"], 1)
+        return self.cache[key]
+
+    def _static(self, band: int, fwhm: float) -> np.ndarray:
+        """Static scene at zero point ZP0[band] and this seeing: blurred galaxies + exactly rendered points."""
+        img = render.psf_blur(self._base(band), fwhm) if self.galaxies else np.zeros((render.STAMP, render.STAMP))
+        if self.points:
+            render.add_points(img, self._px, self._py, render.component_fluxes(self.points, band, ZP0[band]), fwhm)
+        return img
 
     def _reference(self, band: int) -> tuple[np.ndarray, np.ndarray]:
         """(noise-free scene, noise) of the reference at zero point ZP0[band] (scaled per alert)."""
         key = ("ref", band)
         if key not in self.cache:
-            src = self.src
-            scene = render.render_scene(self.components, band, ZP0[band], src.ref_seeing / render.PIXEL_SCALE,
-                                        self.center)
+            scene = self._static(band, self.src.ref_seeing / render.PIXEL_SCALE)
             sky = {1: 95.0, 2: 175.0, 3: 290.0}[band]
             sigma = np.sqrt(sky / render.EFFECTIVE_GAIN + render.NOISE_FLOOR ** 2) * self.rng.uniform(0.2, 0.33)
             noise = render.correlated_noise(self.rng, sigma, rho=0.3)
@@ -369,8 +393,7 @@ class _Renderer:
 
     def _scene(self, band: int, zp: float, fwhm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Static scene at this seeing and zero point with its x/y gradients and laplacian, interpolated between
-        renders on a 12% grid of FWHM (cached per source and band): most sources have tens of alerts but span only
-        a handful of grid points, so the scene is rendered a few times per source instead of once per alert."""
+        renders on a 10% grid of FWHM (cached per source and band)."""
         g = np.log(fwhm / SEEING_GRID0) / np.log(SEEING_GRID_STEP)
         k = int(np.floor(g))
         w = g - k
@@ -378,14 +401,10 @@ class _Renderer:
         for kk, ww in ((k, 1 - w), (k + 1, w)):
             key = ("sci", band, kk)
             if key not in self.cache:
-                ukey = ("unit", kk)
-                if ukey not in self.cache:
-                    f = SEEING_GRID0 * SEEING_GRID_STEP ** kk
-                    self.cache[ukey] = render.unit_stack(self.components, f, self.center)
-                sc = np.tensordot(render.component_fluxes(self.components, band, ZP0[band]), self.cache[ukey], 1)
-                gy, gx = np.gradient(sc)
-                lap = np.gradient(gx, axis=1) + np.gradient(gy, axis=0)
-                self.cache[key] = np.stack([sc, gx, gy, lap])
+                sc = self._static(band, SEEING_GRID0 * SEEING_GRID_STEP ** kk)
+                d = render.derivative_matrix()
+                gy, gx = d @ sc, sc @ d.T  # == np.gradient(sc), as matrix products
+                self.cache[key] = np.stack([sc, gx, gy, gx @ d.T + d @ gy])
             part = self.cache[key] * ww
             out = part if out is None else out + part
         out *= 10 ** (0.4 * (zp - ZP0[band]))

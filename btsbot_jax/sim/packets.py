@@ -165,9 +165,10 @@ class AlertEncoder:
         return fastavro.schemaless_reader(io.BytesIO(data), schema, None)
 
     def encode_source(self, records: list[dict]) -> tuple[list[bytes], list[dict]]:
-        """Encode the alerts of one source; also return each record as a reader of the bytes sees it (floats
-        rounded to float32 etc.), built from the encoded pieces, so features computed on them are exactly those
-        of the written packets without decoding every alert's whole history again."""
+        """Encode alerts; also return each record as a reader of the bytes sees it (floats rounded to float32
+        etc.), built from the encoded pieces, so features computed on them are exactly those of the written
+        packets without decoding every alert's whole history again. Cutouts in that view carry the uncompressed
+        FITS (`rec["_fits"]`, when the generator provides it), i.e. gunzip(stampData)."""
         prv_cache: dict[int, tuple[bytes, dict]] = {}
         encoded, decoded = [], []
         for rec in records:
@@ -186,8 +187,14 @@ class AlertEncoder:
             d = {k: rec[k] for k in ("schemavsn", "publisher", "objectId", "candid")}
             d["candidate"] = self._decode(self._cand, cand_bytes)
             d["prv_candidates"] = dec_items
+            raw = rec.get("_fits") or {}
             for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):
-                d[key] = rec.get(key)
+                c = rec.get(key)
+                if c is not None and key in raw:
+                    # the stamp as gunzip gives it back: the ingestion reader takes FITS bytes unchanged, so
+                    # features need not inflate what was just deflated
+                    c = {"fileName": c["fileName"], "stampData": raw[key]}
+                d[key] = c
             decoded.append(d)
         return encoded, decoded
 

@@ -33,7 +33,7 @@ from btsbot_jax.sim.survey import make_nights
 
 ALERTS_DIR = "alerts"
 TRUTH_FILE = "truth.csv"
-ALERT_TABLE = "alerts.csv"
+ALERT_TABLE = "alerts.parquet"
 SUMMARY_FILE = "simulation_summary.json"
 _WORK = ".sim_work"
 # candidate fields that are strings or identifiers of no use as table columns
@@ -52,6 +52,7 @@ class SimConfig:
     gzip_level: int = 1
     training_set: bool = True  # write the {split}_cand/_triplets files
     keep_packets: bool = True  # keep alerts/*.avro (False: only the training set and tables)
+    split_seed: int | None = None  # seed of the split by source / N_max subsets (None: `seed`)
 
 
 @dataclasses.dataclass
@@ -64,6 +65,7 @@ class SimResult:
     files: dict
     summary: dict
     seconds: float
+    timings: dict = dataclasses.field(default_factory=dict)  # wall seconds per stage (not written to disk)
 
 
 def _chunk_name(k: int) -> str:
@@ -93,23 +95,21 @@ def _run_chunk(args) -> dict:
     for rec in decoded:
         history.setdefault(rec["objectId"], []).append(rec["candidate"])
     prepared = prepare_batch(decoded, history=history)
-    rows = []
     by_candid = {r["candid"]: r for r in decoded}
-    for j, candid in enumerate(prepared.info["candid"].to_numpy()):
-        rec = by_candid[int(candid)]
-        cand = rec["candidate"]
-        row = {"objectId": rec["objectId"], "candid": int(candid)}
-        row.update({c: v for c, v in cand.items() if c not in _SKIP_COLUMNS and c not in row})
-        for c, v in zip(METADATA_COLUMNS, prepared.metadata[j]):
-            row[c] = float(v)
-        row["new_drb"] = row["drb"]
-        row["nnondet"] = row["nnotdet"]
-        row["source_file"] = f"{ALERTS_DIR}/{path.name}"
-        rows.append(row)
+    recs = [by_candid[int(c)] for c in prepared.info["candid"].to_numpy()]
+    table = pd.DataFrame.from_records([r["candidate"] for r in recs])
+    table = table.drop(columns=[c for c in _SKIP_COLUMNS if c in table.columns])
+    table.insert(0, "objectId", [r["objectId"] for r in recs])
+    meta = pd.DataFrame(prepared.metadata.astype(np.float64), columns=list(METADATA_COLUMNS))
+    for c in METADATA_COLUMNS:  # the model's inputs exactly as the ingestion code made them (float32 values)
+        table[c] = meta[c].to_numpy()
+    table["new_drb"] = table["drb"]
+    table["nnondet"] = table["nnotdet"]
+    table["source_file"] = f"{ALERTS_DIR}/{path.name}"
     work = Path(out_dir) / _WORK
     np.save(work / f"triplets_{k:05d}.npy", prepared.triplets)
     rejected = [{"candid": r.candid, "objectId": r.objectId, "reason": r.reason} for r in prepared.rejected]
-    return {"k": k, "rows": rows, "truth": truths, "rejected": rejected, "n_records": len(records)}
+    return {"k": k, "table": table, "truth": truths, "rejected": rejected, "n_records": len(records)}
 
 
 class _ChunkedTriplets:
@@ -180,9 +180,11 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
         if progress:
             print()
     results.sort(key=lambda r: r["k"])
+    timings = {"packets_and_features": time.perf_counter() - t0}
+    t1 = time.perf_counter()
 
     truth = pd.DataFrame([t for r in results for t in r["truth"]])
-    table = pd.DataFrame([row for r in results for row in r["rows"]])
+    table = pd.concat([r["table"] for r in results], ignore_index=True) if results else pd.DataFrame()
     peak = truth.set_index("objectId")["peak_obs"]
     if len(table):
         table.insert(2, "label", table["objectId"].map(truth.set_index("objectId")["label"]).astype(int))
@@ -192,18 +194,21 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
     rejected = [x for r in results for x in r["rejected"]]
     n_records = sum(r["n_records"] for r in results)
     truth.to_csv(out / TRUTH_FILE, index=False)
-    table.to_csv(out / ALERT_TABLE, index=False)
+    table.to_parquet(out / ALERT_TABLE, index=False)
 
+    timings["tables"] = time.perf_counter() - t1
+    t1 = time.perf_counter()
     files = {}
     prep_summary = None
     if cfg.training_set and len(table):
         trip = _ChunkedTriplets([work / f"triplets_{r['k']:05d}.npy" for r in results],
-                                [len(r["rows"]) for r in results])
+                                [len(r["table"]) for r in results])
         res = prepare_training_set(table.drop(columns=["source_file"]), trip, out, version=cfg.version,
-                                   n_max=cfg.n_max, seed=cfg.seed)
+                                   n_max=cfg.n_max, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed)
         files = {k: [str(p) for p in v] for k, v in res.files.items()}
         prep_summary = res.summary
     shutil.rmtree(work, ignore_errors=True)
+    timings["training_set"] = time.perf_counter() - t1
     if not cfg.keep_packets:
         shutil.rmtree(alerts_dir, ignore_errors=True)
 
@@ -219,7 +224,8 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
         "config": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "workers"},
     }
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2, default=_json_default) + "\n")
-    return SimResult(out, n_records, cfg.num_sources, truth, table, files, summary, time.perf_counter() - t0)
+    return SimResult(out, n_records, cfg.num_sources, truth, table, files, summary, time.perf_counter() - t0,
+                     timings)
 
 
 def _json_default(o):

@@ -19,6 +19,7 @@ scene: a flux-scaling error (eps * S), a registration error (-delta . grad S) an
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -71,8 +72,11 @@ def add_point(img: np.ndarray, x: float, y: float, flux: float, fwhm_px: float) 
         return
     s1, s2 = psf_sigmas(fwhm_px)
     w = PSF_WING_FRACTION
-    img += (flux * (1 - w)) * np.outer(_profile_1d(y, s1), _profile_1d(x, s1))
-    img += (flux * w) * np.outer(_profile_1d(y, s2), _profile_1d(x, s2))
+    # the four 1-D profiles (y/x for core/wing) from one erf call
+    z = (_EDGES[None, :] - np.array([[y], [x], [y], [x]])) / (np.array([[s1], [s1], [s2], [s2]]) * _SQRT2)
+    p = 0.5 * np.diff(erf(z), axis=1)
+    img += np.outer(p[0] * (flux * (1 - w)), p[1])
+    img += np.outer(p[2] * (flux * w), p[3])
 
 
 def add_sharp(img: np.ndarray, x: float, y: float, flux: float, sigma: float) -> None:
@@ -132,21 +136,26 @@ def component_fluxes(components: list[tuple], band: int, zp: float) -> np.ndarra
     return np.array([10.0 ** (-0.4 * (c[3][band] - zp)) for c in components])
 
 
-def unit_stack(components: list[tuple], fwhm_px: float, center: tuple[float, float]) -> np.ndarray:
-    """(K, 63, 63): each component rendered with unit flux at this seeing. A scene in any band is then one
-    weighted sum (np.tensordot with the component fluxes), so the costly galaxy profiles are evaluated once per
-    seeing for all bands."""
+def unit_stack(components: list[tuple], fwhm_px: float, center: tuple[float, float],
+               sigma: float | None = None) -> np.ndarray:
+    """(K, 63, 63): each component rendered with unit flux, with the double-Gaussian PSF of `fwhm_px` or, when
+    `sigma` is given, a single Gaussian of that sigma (the sharp base image of `psf_blur`)."""
     out = np.zeros((len(components), STAMP, STAMP))
-    s1, s2 = psf_sigmas(fwhm_px)
+    if sigma is None:
+        s1, s2 = psf_sigmas(fwhm_px)
+        terms = ((s1, 1 - PSF_WING_FRACTION), (s2, PSF_WING_FRACTION))
+    else:
+        s1 = sigma
+        terms = ((sigma, 1.0),)
     cx, cy = center
     pts = [k for k, c in enumerate(components) if c[0] == "point"]
     if pts:
         xs = np.array([cx + components[k][1] for k in pts])
         ys = np.array([cy + components[k][2] for k in pts])
         acc = 0.0
-        for sigma, w in ((s1, 1 - PSF_WING_FRACTION), (s2, PSF_WING_FRACTION)):
-            px = 0.5 * np.diff(erf((_EDGES[None, :] - xs[:, None]) / (sigma * _SQRT2)), axis=1)
-            py = 0.5 * np.diff(erf((_EDGES[None, :] - ys[:, None]) / (sigma * _SQRT2)), axis=1)
+        for sig, w in terms:
+            px = 0.5 * np.diff(erf((_EDGES[None, :] - xs[:, None]) / (sig * _SQRT2)), axis=1)
+            py = 0.5 * np.diff(erf((_EDGES[None, :] - ys[:, None]) / (sig * _SQRT2)), axis=1)
             acc = acc + w * (py[:, :, None] * px[:, None, :])
         out[pts] = acc
     for k, comp in enumerate(components):
@@ -154,6 +163,60 @@ def unit_stack(components: list[tuple], fwhm_px: float, center: tuple[float, flo
             continue
         _, dx, dy, _, re_px, q, pa, profile = comp
         add_galaxy(out[k], cx + dx, cy + dy, 1.0, re_px, q, pa, profile, s1)
+    return out
+
+
+BASE_SIGMA = 0.2  # px: PSF of the sharp base render of the galaxies, degraded to each exposure's seeing
+
+
+@functools.lru_cache(maxsize=8192)
+def _kernel(variance: float) -> np.ndarray:
+    """Normalised sampled Gaussian whose *discrete* variance is `variance` (px^2). Discrete convolutions add
+    variances exactly, so this is what makes a blurred base image have the target PSF width even for kernels
+    narrower than a pixel (where a pixel-integrated Gaussian's variance is not sigma^2 + 1/12)."""
+    def disc_var(s):
+        h = int(np.ceil(5 * s)) + 1
+        d = np.arange(-h, h + 1)
+        w = np.exp(-0.5 * (d / s) ** 2)
+        return float((w * d * d).sum() / w.sum())
+    lo, hi = 0.05, max(np.sqrt(variance) * 1.5, 0.2)
+    for _ in range(32):
+        mid = 0.5 * (lo + hi)
+        if disc_var(mid) < variance:
+            lo = mid
+        else:
+            hi = mid
+    s = 0.5 * (lo + hi)
+    h = int(np.ceil(5 * s)) + 1
+    d = np.arange(-h, h + 1)
+    w = np.exp(-0.5 * (d / s) ** 2)
+    return w / w.sum()
+
+
+@functools.lru_cache(maxsize=8192)
+def blur_matrix(variance: float) -> np.ndarray:
+    """(63, 63) Toeplitz matrix M: (M @ img) convolves img along axis 0 with `_kernel(variance)`; light leaving
+    the stamp is lost, as it would be."""
+    k = _kernel(variance)
+    h = len(k) // 2
+    m = np.zeros((STAMP, STAMP))
+    for off, w in zip(range(-h, h + 1), k):
+        idx = np.arange(max(0, -off), min(STAMP, STAMP - off))
+        m[idx + off, idx] = w
+    m.setflags(write=False)
+    return m
+
+
+def psf_blur(base: np.ndarray, fwhm_px: float, sigma0: float = BASE_SIGMA) -> np.ndarray:
+    """A base image rendered with a Gaussian PSF of sigma0, seen through the double-Gaussian PSF of `fwhm_px`.
+
+    Gaussians convolve into Gaussians (variances add): each PSF term blurs the base by the missing variance
+    sigma^2 - sigma0^2, as two 63x63 matrix products (separable)."""
+    out = None
+    for sig, w in zip(psf_sigmas(fwhm_px), (1 - PSF_WING_FRACTION, PSF_WING_FRACTION)):
+        b = blur_matrix(round(float(max(sig * sig - sigma0 * sigma0, 1e-3)), 4))
+        term = w * (b @ base @ b.T)
+        out = term if out is None else out + term
     return out
 
 
@@ -186,6 +249,26 @@ def crop(img: np.ndarray, crop_box: tuple[int, int, int, int] | None) -> np.ndar
     return img[y0:y1, x0:x1]
 
 
+@functools.lru_cache(maxsize=256)
+def _header(ny: int, nx: int) -> bytes:
+    header = b"".join([_card("SIMPLE", True), _card("BITPIX", -32), _card("NAXIS", 2), _card("NAXIS1", nx),
+                       _card("NAXIS2", ny), b"END".ljust(80)])
+    return header.ljust(2880, b" ")
+
+
+@functools.lru_cache(maxsize=64)
+def derivative_matrix(n: int = STAMP) -> np.ndarray:
+    """(n, n) D with D @ f == np.gradient(f, axis=0) (central differences, one-sided at the edges)."""
+    d = np.zeros((n, n))
+    i = np.arange(1, n - 1)
+    d[i, i + 1] = 0.5
+    d[i, i - 1] = -0.5
+    d[0, 0], d[0, 1] = -1.0, 1.0
+    d[n - 1, n - 2], d[n - 1, n - 1] = -1.0, 1.0
+    d.setflags(write=False)
+    return d
+
+
 def _card(key: str, value) -> bytes:
     if isinstance(value, bool):
         v = "T" if value else "F"
@@ -200,9 +283,7 @@ def fits_bytes(img: np.ndarray) -> bytes:
     The header is what astropy needs and nothing that changes between runs (no DATE card), so the same pixels
     always give the same bytes."""
     ny, nx = img.shape
-    header = b"".join([_card("SIMPLE", True), _card("BITPIX", -32), _card("NAXIS", 2), _card("NAXIS1", nx),
-                       _card("NAXIS2", ny), b"END".ljust(80)])
-    header = header.ljust(2880, b" ")
+    header = _header(ny, nx)
     data = np.ascontiguousarray(img, dtype=">f4").tobytes()
     return header + data + b"\0" * (-len(data) % 2880)
 

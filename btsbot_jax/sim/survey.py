@@ -6,7 +6,7 @@ of ~80-150 DN in g and ~150-280 DN in r with a per-pixel noise of 5-8 DN; zero p
 on clear nights; the 5-sigma limit of the difference image (`diffmaglim`) is ~20.0-20.8 in normal conditions,
 which is about 2.2x the flux noise a PSF fit on white pixel noise would give (ZTF's global noise estimate
 includes the correlated noise of resampling and PSF matching), so that factor is applied. Seeing is lognormal
-around 2.0" (1.01"/px).
+around 2.1" (1.01"/px).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ def make_nights(seed: int) -> Nights:
     for i in range(n):
         state = (u[i] > 0.12) if state else (u[i] > 0.62)
         clear[i] = state
-    seeing = np.exp(rng.normal(np.log(2.0), 0.18, n))
+    seeing = np.exp(rng.normal(np.log(2.1), 0.2, n))
     cloud = np.where(rng.random(n) < 0.15, rng.exponential(0.45, n), rng.exponential(0.04, n))
     phase = np.mod((first + np.arange(n) + 0.5 - NEW_MOON_JD) / SYNODIC, 1.0)
     moon = 0.5 * (1 - np.cos(2 * np.pi * phase))

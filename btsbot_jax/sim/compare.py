@@ -1,0 +1,209 @@
+"""Simulated vs real: the 25 feature distributions side by side (quantiles) and a picture of triplets.
+
+Real packets come from ../shared/data (the 36 Kowalski test alerts, the 611 Fink test alerts, and the 39 labelled
+BTSbot examples with their published features); both sides go through the same ingestion code
+(`btsbot_jax.features.prepare_batch`), so the comparison is of what the model would see.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from btsbot_jax.constants import METADATA_COLUMNS
+
+QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
+
+
+def real_packets(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, list[dict]]:
+    """Features (25 + isdiffpos/objectId/candid), triplets and raw cutouts of the real avro packets under data_dir
+    (ztf_alerts/ and ztf_alerts_fink/), duplicates (same candid) dropped."""
+    from btsbot_jax.alerts import iter_alerts
+    from btsbot_jax.features import prepare_batch
+    from btsbot_jax.stamps import read_stamp
+
+    d = Path(data_dir)
+    paths = [p for p in (d / "ztf_alerts", d / "ztf_alerts_fink" / "fink-broker") if p.exists()]
+    if not paths:
+        raise FileNotFoundError(f"no real alert packets under {d} (ztf_alerts/, ztf_alerts_fink/)")
+    records, seen = [], set()
+    for a in iter_alerts(paths):
+        if a.record is None or a.record.get("candid") in seen:
+            continue
+        seen.add(a.record["candid"])
+        records.append(a.record)
+    prep = prepare_batch(records)
+    table = pd.DataFrame(prep.metadata, columns=list(METADATA_COLUMNS))
+    by = {r["candid"]: r for r in records}
+    recs = [by[int(c)] for c in prep.info["candid"]]
+    table.insert(0, "candid", prep.info["candid"].to_numpy())
+    table.insert(0, "objectId", prep.info["objectId"].to_numpy())
+    table["isdiffpos"] = [r["candidate"]["isdiffpos"] for r in recs]
+    table["fid"] = [r["candidate"]["fid"] for r in recs]
+    raw = [{k: read_stamp(r[k]["stampData"]) for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference")}
+           for r in recs]
+    return table, prep.triplets, raw
+
+
+def feature_quantiles(sim: pd.DataFrame, real: pd.DataFrame, columns: Sequence[str] = METADATA_COLUMNS,
+                      quantiles: Sequence[float] = QUANTILES) -> pd.DataFrame:
+    """One row per feature: quantiles of the simulated and the real values (-999 sentinels excluded and
+    counted separately, as their share)."""
+    rows = []
+    for c in columns:
+        row = {"feature": c}
+        for name, t in (("sim", sim), ("real", real)):
+            v = pd.to_numeric(t[c], errors="coerce").to_numpy(float)
+            sentinel = v == -999
+            good = v[~sentinel & np.isfinite(v)]
+            qs = np.quantile(good, quantiles) if len(good) else [np.nan] * len(quantiles)
+            for q, x in zip(quantiles, qs):
+                row[f"{name} q{int(round(q * 100)):02d}"] = x
+            row[f"{name} -999"] = float(sentinel.mean()) if len(v) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("feature")
+
+
+def quantile_markdown(q: pd.DataFrame, digits: int = 3) -> str:
+    """The quantile table as markdown: per feature, 'sim' and 'real' quantiles in one cell each."""
+    qcols = sorted({c.split(" ", 1)[1] for c in q.columns if " q" in c})
+    head = "| feature | " + " | ".join(f"{c} sim / real" for c in qcols) + " | -999 sim / real |"
+    sep = "|---" * (len(qcols) + 2) + "|"
+    lines = [head, sep]
+
+    def fmt(x):
+        if not np.isfinite(x):
+            return "-"
+        a = abs(x)
+        return f"{x:.0f}" if a >= 100 else (f"{x:.2f}" if a >= 1 else f"{x:.{digits}f}")
+
+    for f, r in q.iterrows():
+        cells = [f"{fmt(r[f'sim {c}'])} / {fmt(r[f'real {c}'])}" for c in qcols]
+        cells.append(f"{r['sim -999']:.0%} / {r['real -999']:.0%}")
+        lines.append(f"| {f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_triplets(sim_cutouts: list[dict], sim_titles: list[str], real_cutouts: list[dict], real_titles: list[str],
+                  png: str | os.PathLike, columns: int = 2) -> Path:
+    """Triplets (science / reference / difference, zscale) of simulated sources on the left, real on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from astropy.visualization import ZScaleInterval
+
+    rows = max(len(sim_cutouts), len(real_cutouts))
+    rows = -(-rows // columns)
+    fig, axes = plt.subplots(rows, 6 * columns + 1, figsize=(1.6 * (6 * columns + 1), 1.75 * rows + 0.6),
+                             squeeze=False, gridspec_kw={"width_ratios": [1] * (3 * columns) + [0.25]
+                                                         + [1] * (3 * columns)})
+    zs = ZScaleInterval()
+    keys = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+    for a in axes.ravel():
+        a.set_axis_off()
+    for side, (cuts, titles) in enumerate(((sim_cutouts, sim_titles), (real_cutouts, real_titles))):
+        for k, (cut, title) in enumerate(zip(cuts, titles)):
+            r, c = divmod(k, columns)
+            for j, key in enumerate(keys):
+                col = side * (3 * columns + 1) + c * 3 + j
+                ax = axes[r, col]
+                img = np.asarray(cut[key], float)
+                fin = img[np.isfinite(img)]
+                lo, hi = zs.get_limits(fin) if fin.size > 10 else (0.0, 1.0)
+                ax.imshow(img, vmin=lo, vmax=hi, cmap="gray", origin="lower", interpolation="nearest")
+                ax.set_axis_on()
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if j == 0:
+                    ax.set_title(title, fontsize=6, loc="left")
+    fig.suptitle("simulated (left: science / reference / difference)  |  real ZTF packets from ../shared/data "
+                 "(right)", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    out = Path(png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=80)
+    plt.close(fig)
+    return out
+
+
+def _sim_table(sim_dir: str | os.PathLike) -> pd.DataFrame:
+    return pd.read_parquet(Path(sim_dir) / "alerts.parquet")
+
+
+def _sim_cutouts(sim_dir: Path, rows: pd.DataFrame) -> list[dict]:
+    from btsbot_jax.alerts import iter_alerts
+    from btsbot_jax.stamps import read_stamp
+
+    want = {int(c) for c in rows["candid"]}
+    got = {}
+    for f in sorted(set(rows["source_file"])):
+        for a in iter_alerts([sim_dir / f]):
+            c = a.record["candid"] if a.record else None
+            if c in want:
+                got[c] = {k: read_stamp(a.record[k]["stampData"])
+                          for k in ("cutoutScience", "cutoutTemplate", "cutoutDifference")}
+    return [got[int(c)] for c in rows["candid"]]
+
+
+def pick_simulated(table: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """A fixed mix for the picture: bright and faint trues, dims, vars and rejects of several kinds."""
+    rng = np.random.default_rng(seed)
+    t = table[table["isdiffpos"] == "t"]
+    wanted = [("trues", "magpsf < 18.0", 3), ("trues", "magpsf >= 18.0", 1), ("dims", "magpsf > 0", 2),
+              ("vars", "subtype in ['AGN', 'QSO']", 1), ("vars", "subtype not in ['AGN', 'QSO']", 1),
+              ("rejects", "subtype == 'dipole'", 1), ("rejects", "subtype == 'galaxy residual'", 1),
+              ("rejects", "subtype in ['cosmic ray', 'hot pixel', 'bad column', 'ghost']", 1),
+              ("rejects", "subtype in ['asteroid', 'stellar flare', 'nuclear flicker', 'unsaved SN']", 1)]
+    picks = []
+    for s, q, n in wanted:
+        pool = t[t["source_set"] == s].query(q)
+        pool = pool.drop_duplicates("objectId")
+        if len(pool):
+            picks.append(pool.iloc[rng.choice(len(pool), size=min(n, len(pool)), replace=False)])
+    return pd.concat(picks) if picks else t.head(0)
+
+
+def plot_compare(sim_dir: str | os.PathLike, real_dir: str | os.PathLike, png: str | os.PathLike, seed: int = 0,
+                 n_real: int = 12) -> Path:
+    """The picture: simulated triplets (a fixed mix of sets) beside real ones from the ../shared/data packets."""
+    sim_dir = Path(sim_dir)
+    rows = pick_simulated(_sim_table(sim_dir), seed)
+    sim_cuts = _sim_cutouts(sim_dir, rows)
+    sim_titles = [f"{r.source_set}/{r.subtype} m={r.magpsf:.1f} drb={r.drb:.2f}" for r in rows.itertuples()]
+    real, _, raw = real_packets(real_dir)
+    pos = np.flatnonzero((real["isdiffpos"] == "t").to_numpy())
+    take = pos[np.linspace(0, len(pos) - 1, min(n_real, len(pos))).astype(int)]
+    real_titles = [f"{real['objectId'].iloc[i]} m={real['magpsf'].iloc[i]:.1f} drb={real['drb'].iloc[i]:.2f}"
+                   for i in take]
+    return plot_triplets(sim_cuts, sim_titles, [raw[i] for i in take], real_titles, png)
+
+
+def compare_features(sim_dir: str | os.PathLike, real_dir: str | os.PathLike) -> tuple[pd.DataFrame, int, int]:
+    """Quantile table of the 25 features: simulated positive-subtraction g/r alerts vs the real packets (positive
+    subtractions) plus the 39 labelled BTSbot examples. Returns (table, n_sim, n_real)."""
+    sim = _sim_table(sim_dir)
+    sim = sim[(sim["isdiffpos"] == "t") & sim["fid"].isin([1, 2])]
+    real, _, _ = real_packets(real_dir)
+    real = real[real["isdiffpos"] == "t"]
+    ex = Path(real_dir) / "btsbot_examples" / "usage_candidates.csv"
+    if ex.exists():
+        u = pd.read_csv(ex)
+        u["drb"] = u["new_drb"]
+        real = pd.concat([real, u[list(METADATA_COLUMNS)]], ignore_index=True)
+    return feature_quantiles(sim, real), len(sim), len(real)
+
+
+def write_compare_table(sim_dir: str | os.PathLike, real_dir: str | os.PathLike, md: str | os.PathLike) -> Path:
+    q, n_sim, n_real = compare_features(sim_dir, real_dir)
+    text = (f"Quantiles (5/25/50/75/95%) of the 25 model features, simulated ({n_sim} positive g/r alerts of "
+            f"{sim_dir}) / real ({n_real} alerts: ../shared/data ZTF packets with isdiffpos t and the 39 BTSbot "
+            "examples); -999 = share of PS1 sentinels.\n\n" + quantile_markdown(q) + "\n")
+    out = Path(md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return out

@@ -1,0 +1,282 @@
+"""The mock ZTF survey (btsbot_jax.sim, btsbot-simulate): formats, determinism, physics invariants, and the
+realism check with the published v1.0.1 model."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import fastavro
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import DATA, EXAMPLES, ZTF_ALERTS, require
+
+from btsbot_jax.alerts import iter_alerts
+from btsbot_jax.constants import METADATA_COLUMNS
+from btsbot_jax.dataset import load_split
+from btsbot_jax.features import prepare_batch
+from btsbot_jax.sim import lightcurves as lcs
+from btsbot_jax.sim import render
+from btsbot_jax.sim.generate import simulate_source
+from btsbot_jax.sim.packets import AlertEncoder, container_bytes, sync_marker, write_container
+from btsbot_jax.sim.pipeline import SimConfig, simulate
+from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
+from btsbot_jax.sim.survey import make_nights
+from btsbot_jax.stamps import read_stamp
+
+CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
+SEED = 5
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One simulated survey shared by the tests of this module (~120 sources, ~5,000 alerts)."""
+    out = tmp_path_factory.mktemp("sim") / "run"
+    res = simulate(out, SimConfig(num_sources=120, seed=SEED, workers=2, chunk_sources=20))
+    alerts = [a.record for a in iter_alerts([out / "alerts"])]
+    return res, alerts
+
+
+def _hashes(d: Path) -> dict[str, str]:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+# ------------------------------------------------------------------------------------------------ formats
+def test_fits_stamp_reads_back_exactly_with_astropy_and_ingestion():
+    from astropy.io import fits
+
+    rng = np.random.default_rng(0)
+    for shape in ((63, 63), (63, 47), (40, 63)):
+        img = (100 + 5 * rng.standard_normal(shape)).astype(np.float32)
+        img[:3, :5] = np.nan
+        raw = render.fits_bytes(img)
+        assert len(raw) % 2880 == 0
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # a non-standard card would warn
+            back = fits.getdata(io.BytesIO(raw))
+        assert back.dtype == np.dtype(">f4") and back.shape == shape
+        np.testing.assert_array_equal(back, img)  # NaN positions included
+        gz = render.stamp_bytes(img)
+        assert gz[:2] == b"\x1f\x8b" and gz[4:8] == b"\0\0\0\0"  # gzip, mtime 0
+        assert gzip.decompress(gz) == raw
+        assert render.stamp_bytes(img) == gz
+        np.testing.assert_array_equal(read_stamp(gz), img)
+
+
+def _records(n=6, seed=1):
+    nights = make_nights(seed)
+    sets = assign_sets(n, seed)
+    recs = []
+    for i in range(n):
+        r, _ = simulate_source(draw_source(i, sets[i], seed), nights, seed)
+        recs += r
+    return recs
+
+
+def test_avro_container_is_what_fastavro_reads_and_the_ingest_view_matches():
+    recs = _records()
+    assert len(recs) > 20
+    encoded, view = AlertEncoder().encode_source(recs)
+    data = container_bytes(encoded, sync_marker("t", 0), block_records=7)
+    got = list(fastavro.reader(io.BytesIO(data)))
+    ref = io.BytesIO()
+    write_container(ref, [{k: v for k, v in r.items() if k != "_fits"} for r in recs], sync_marker("t", 0))
+    assert got == list(fastavro.reader(io.BytesIO(ref.getvalue())))
+    assert len(got) == len(view)
+    for g, v in zip(got, view):
+        for key in CUTOUTS:  # the view carries the uncompressed FITS, i.e. gunzip of the packet's stampData
+            assert gzip.decompress(g[key]["stampData"]) == v[key]["stampData"]
+        strip = lambda r: {k: x for k, x in r.items() if k not in CUTOUTS}  # noqa: E731
+        assert strip(g) == strip(v)
+        assert g["schemavsn"] and g["publisher"] and g["candid"] == g["candidate"]["candid"]
+
+
+# ----------------------------------------------------------------------------------------------- behaviour
+def test_same_seed_same_bytes_whatever_the_number_of_processes(tmp_path):
+    a = simulate(tmp_path / "a", SimConfig(num_sources=14, seed=9, workers=1, chunk_sources=5))
+    b = simulate(tmp_path / "b", SimConfig(num_sources=14, seed=9, workers=2, chunk_sources=5))
+    c = simulate(tmp_path / "c", SimConfig(num_sources=14, seed=10, workers=2, chunk_sources=5))
+    ha, hb, hc = _hashes(tmp_path / "a"), _hashes(tmp_path / "b"), _hashes(tmp_path / "c")
+    assert a.num_alerts == b.num_alerts > 0 and any(k.startswith("alerts/") for k in ha)
+    assert ha == hb
+    assert ha["alerts/sim_00000.avro"] != hc["alerts/sim_00000.avro"]
+    assert not (tmp_path / "a" / ".sim_work").exists()
+    assert c.num_alerts != a.num_alerts or ha != hc
+
+
+def test_source_mix_and_labels(run):
+    res, _ = run
+    truth = res.truth
+    want = pd.Series(assign_sets(120, SEED)).value_counts()
+    assert truth["source_set"].value_counts().to_dict() == want.to_dict()
+    for s, f in SET_FRACTIONS.items():  # Table 1 mix, to rounding
+        assert abs(want[s] - f * 120) <= 1
+    assert (truth["label"] == (truth["source_set"] == "trues")).all()
+    tr = truth[truth["source_set"] == "trues"]
+    dm = truth[truth["source_set"] == "dims"]
+    assert (tr["peak_mag"] <= 18.5).all() and (dm["peak_mag"] > 18.5).all()
+    assert (dm["peak_mag"] < 18.8).any()  # some just fainter than the limit
+    assert truth["objectId"].is_unique
+    assert set(res.alerts["objectId"]) <= set(truth["objectId"])
+
+
+def test_packets_are_self_consistent(run):
+    res, alerts = run
+    assert len(alerts) == res.num_alerts > 2000
+    candids = [a["candid"] for a in alerts]
+    assert len(set(candids)) == len(candids)
+    shapes, nan_alerts, ratios = set(), 0, []
+    for a in alerts:
+        c = a["candidate"]
+        assert a["candid"] == c["candid"] and a["objectId"].startswith("ZTF")
+        assert c["scorr"] >= 5.0  # the alert trigger
+        assert 0 < c["sigmapsf"] < 0.25 and 12 < c["magpsf"] < 22
+        assert c["isdiffpos"] in ("t", "f") and c["fid"] in (1, 2, 3)
+        assert 16.5 < c["diffmaglim"] < 22.0 and 0.3 < c["fwhm"] < 15
+        assert c["ndethist"] <= c["ncovhist"] and c["jdstarthist"] <= c["jd"] + 1e-9
+        assert 0 <= c["drb"] <= 1 and c["nmtchps"] >= 0
+        if c["nmtchps"] == 0:
+            assert c["sgscore1"] == -999 and c["distpsnr1"] == -999
+        else:
+            assert 0 <= c["sgscore1"] <= 1 and 0 <= c["distpsnr1"] <= 30.5
+        # magnitudes and the 5-sigma limit agree with the S/N: a 5-sigma alert is near the limit
+        assert c["magpsf"] < c["diffmaglim"] + 0.75
+        for p in a["prv_candidates"] or []:
+            assert c["jd"] - 30 <= p["jd"] < c["jd"]
+            if p["magpsf"] is None:  # upper limit
+                assert p["candid"] is None and p["diffmaglim"] is not None
+            else:
+                assert p["candid"] is not None and p["isdiffpos"] in ("t", "f")
+        imgs = [read_stamp(a[k]["stampData"]) for k in CUTOUTS]
+        assert len({i.shape for i in imgs}) == 1
+        shapes.add(imgs[0].shape)
+        nan_alerts += any(np.isnan(i).any() for i in imgs)
+        sci, ref = imgs[0], imgs[1]
+        if sci.shape == (63, 63) and not np.isnan(sci[:12, :12]).any() and not np.isnan(ref[:12, :12]).any():
+            mad = lambda x: np.median(np.abs(x - np.median(x)))  # noqa: E731
+            ratios.append(mad(ref[:12, :12]) / max(mad(sci[:12, :12]), 1e-6))
+    assert (63, 63) in shapes and any(s != (63, 63) for s in shapes)  # cut stamps at CCD edges
+    assert 0 < nan_alerts < 0.5 * len(alerts)
+    assert np.median(ratios) < 0.5  # the reference is deeper than the science exposure
+
+
+def test_transient_is_in_science_and_difference_not_in_reference(run):
+    res, alerts = run
+    transients = set(res.truth.loc[res.truth["source_set"].isin(["trues", "dims"]), "objectId"])
+    n = 0
+    for a in alerts:
+        c = a["candidate"]
+        if a["objectId"] not in transients or c["isdiffpos"] != "t" or c["scorr"] < 25 or c["nbad"] > 0:
+            continue
+        sci, ref, diff = (read_stamp(a[k]["stampData"]) for k in CUTOUTS)
+        if sci.shape != (63, 63):
+            continue
+        box = (slice(28, 35), slice(28, 35))
+        if np.isnan(sci[box]).any() or np.isnan(ref[box]).any():
+            continue
+        noise = 1.4826 * np.nanmedian(np.abs(diff - np.nanmedian(diff)))
+        assert diff[box].sum() > 5 * noise * 7  # the new light is in the difference
+        assert (sci - ref)[box].sum() > 0.5 * diff[box].sum()  # and in science minus reference
+        n += 1
+    assert n > 50
+
+
+def test_training_set_features_are_the_ingestion_codes(run):
+    """The CSV/npy rows equal what prepare_batch computes from the avro files (with each source's earlier alerts
+    as history), bit for bit."""
+    res, alerts = run
+    history: dict[str, list] = {}
+    for a in sorted(alerts, key=lambda r: r["candidate"]["jd"]):
+        history.setdefault(a["objectId"], []).append(a["candidate"])
+    prep = prepare_batch(alerts, history=history)
+    assert not prep.rejected
+    row_of = {int(c): i for i, c in enumerate(prep.info["candid"])}
+    seen = 0
+    objs = {}
+    for split in ("train", "val", "test"):
+        s = load_split(res.out_dir, split, version="v10", n_max=100)
+        assert len(s) > 0
+        rows = np.array([row_of[int(c)] for c in s.cand["candid"]])
+        np.testing.assert_array_equal(s.metadata, prep.metadata[rows])
+        np.testing.assert_array_equal(np.asarray(s.triplets), prep.triplets[rows])
+        assert (s.cand["label"] == (s.cand["source_set"] == "trues")).all()
+        assert (s.cand["isdiffpos"] == "t").all() and s.cand["fid"].isin([1, 2]).all()
+        objs[split] = set(s.cand["objectId"])
+        seen += len(s)
+        per_src = s.cand.groupby(["source_set", "objectId"]).size()
+        if split == "train":
+            assert per_src.max() <= 100  # N_max
+        if "vars" in per_src.index.get_level_values(0):
+            assert per_src.loc["vars"].max() <= 100  # latest N_max in every split
+    assert not (objs["train"] & objs["val"]) and not (objs["train"] & objs["test"])
+    assert seen == res.summary["training_set"]["alerts_kept"]
+
+
+def test_light_curve_models():
+    m = lcs.Bazin(2459000.0, {1: 18.0, 2: 18.2, 3: 18.5}, 3.0, {1: 15.0, 2: 25.0, 3: 28.0})
+    t = np.linspace(2458950, 2459100, 3001)
+    for b, pk in ((1, 18.0), (2, 18.2)):
+        mags = m.mag(t, np.full(len(t), b))
+        assert abs(mags.min() - pk) < 1e-3
+        i = int(np.argmin(mags))
+        assert mags[0] > pk + 5 and mags[-1] > pk + 3 and abs(t[i] - 2459000) < 3
+    late = np.array([2459030.0, 2459030.0])
+    g, r = m.mag(late, np.array([1, 2]))
+    assert g - r > 0.3  # reddens after peak (g fades faster)
+    drw = lcs.DampedRandomWalk(np.random.default_rng(0), {1: 18.3, 2: 18.0, 3: 17.8}, 100.0, 0.3,
+                               {1: 1.3, 2: 1.0, 3: 0.85})
+    x = drw.mag(np.arange(2459000.0, 2469000.0, 5.0), np.full(2000, 2)) - 18.0
+    assert abs(x.mean()) < 0.1 and 0.15 < x.std() < 0.28  # SF_inf / sqrt(2) = 0.21
+    per = lcs.Periodic("rrlyr", {1: 15.2, 2: 15.0, 3: 14.9}, 0.55, {1: 1.0, 2: 0.8, 3: 0.6}, 0.3)
+    assert per.ref_mag(2) < 15.0 + 1e-9
+
+
+# ------------------------------------------------------------------------------------------- with real data
+def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):
+    """The realism check: the published v1.0.1 model (trained only on real ZTF) scores the simulated training
+    set; its ROC AUC against the simulated labels is the figure reported in docs/simulation.md."""
+    from sklearn.metrics import roc_auc_score
+
+    from btsbot_jax.scorer import load_scorer
+
+    res, _ = run
+    scorer = load_scorer(v101_checkpoint)
+    scores, labels = [], []
+    for split in ("train", "val", "test"):
+        s = load_split(res.out_dir, split, version="v10", n_max=100)
+        scores.append(scorer(np.asarray(s.triplets), s.metadata))
+        labels.append(s.labels)
+    y, p = np.concatenate(labels), np.concatenate(scores)
+    auc = roc_auc_score(y, p)
+    print(f"v1.0.1 ROC AUC on {len(y)} simulated alerts: {auc:.3f}")
+    assert auc >= 0.85
+    assert auc < 0.995  # ambiguous sources exist: not a trivially separable toy
+
+
+def test_cli_writes_everything_and_the_comparison(tmp_path):
+    require(ZTF_ALERTS)
+    require(EXAMPLES)
+    out = tmp_path / "cli"
+    cmd = [sys.executable, "-m", "btsbot_jax.cli.simulate", "--num_sources=16", "--seed=2", f"--out={out}",
+           "--workers=2", "--chunk_sources=8", "--noprogress", f"--plot_compare={out / 'compare.png'}",
+           f"--compare_table={out / 'features.md'}", f"--real_data={DATA}"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "alerts in" in p.stdout
+    for name in ("truth.csv", "alerts.parquet", "simulation_summary.json", "train_cand_v10_N100.csv",
+                 "train_triplets_v10_N100.npy", "val_cand_v10_N100.csv", "test_triplets_v10_N100.npy",
+                 "compare.png", "features.md"):
+        assert (out / name).is_file(), name
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+    md = (out / "features.md").read_text()
+    assert all(f"| {c} |" in md for c in METADATA_COLUMNS)
+    bad = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.simulate", "--num_sources=0", f"--out={out}2"],
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode != 0 and "num_sources" in (bad.stderr + bad.stdout)
