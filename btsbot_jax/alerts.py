@@ -140,8 +140,17 @@ class _SchemaCache:
     def __init__(self, size: int = 32):
         self._d: OrderedDict[tuple, Any] = OrderedDict()
         self._size = size
+        self._last: tuple[bytes, str, Any] | None = None
 
     def get(self, text: bytes, projection: dict | None = None, key: str = ""):
+        last = self._last  # a stream repeats one schema: comparing bytes (memcmp) beats hashing ~20 kB each time
+        if last is not None and last[1] == key and last[0] == text:
+            return last[2]
+        dec = self._get(text, projection, key)
+        self._last = (text, key, dec)
+        return dec
+
+    def _get(self, text: bytes, projection: dict | None, key: str):
         k = (text, key)
         dec = self._d.get(k)
         if dec is None:

@@ -3,7 +3,8 @@
 Triplet: channels science, reference (template), difference; each cutout gunzipped and read from FITS
 (`btsbot_jax.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
 CCD), padded at the bottom/right with 1e-9 after normalising. The normalisation runs vectorised over all
-full-size cutouts of a batch, in float64 with one final rounding to float32 (within 1 ulp of production's float32).
+full-size cutouts of a batch: float32 pixels, sums of squares accumulated in float64, division in float32 (as in
+production, within ~1 ulp of it).
 
 Production detail kept on purpose: some ZTF templates mark bad pixels with FLT_MAX (3.4e38) instead of NaN (4 of
 the 771 real packets in ../shared/data). Kowalski normalises in float32, where the sum of squares overflows, the
