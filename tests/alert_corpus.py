@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import gzip
 import io
+import warnings
 from pathlib import Path
 
 import fastavro
@@ -67,7 +68,9 @@ def fits_bytes(image: np.ndarray, **header) -> bytes:
     for k, v in header.items():
         hdu.header[k] = v
     buf = io.BytesIO()
-    hdu.writeto(buf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # e.g. astropy noting that BLANK does not apply to float data
+        hdu.writeto(buf)
     return buf.getvalue()
 
 
