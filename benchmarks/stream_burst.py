@@ -212,15 +212,19 @@ def offline_rates(values: list[bytes], model: Path, batch: int, seconds: float) 
 
     cases = {"decode+prepare": prep, "model": model_only, "decode+prepare+model": both}
     times = {k: [] for k in cases}
+    cpu = {k: [] for k in cases}
     end = time.monotonic() + seconds
     r = 0
     while time.monotonic() < end or r < 2:  # interleaved rounds: drift of a shared machine hits all alike
         for k in list(cases)[r % 3:] + list(cases)[:r % 3]:
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             cases[k]()
             times[k].append(time.perf_counter() - t)
+            cpu[k].append(time.process_time() - c)  # all threads of this process: independent of others' load
         r += 1
-    return {k: round(batch / float(np.median(v)), 1) for k, v in times.items()}
+    rates = {k: round(batch / float(np.median(v)), 1) for k, v in times.items()}
+    cpu_ms = {k: round(1e3 * float(np.median(v)) / batch, 3) for k, v in cpu.items()}
+    return rates, cpu_ms
 
 
 def main():
@@ -263,7 +267,10 @@ def main():
         if broker is not None:
             broker.stop()
     log("offline rates of the same steps (no Kafka), interleaved")
-    res["offline_alerts_per_s"] = offline_rates(values, model, min(args.max_batch, 256), offline_s)
+    res["offline_alerts_per_s"], res["offline_cpu_ms_per_alert"] = offline_rates(
+        values, model, min(args.max_batch, 256), offline_s)
+    cpu = [x.get("cpu_s") for x in res["scorer_summaries"] if x.get("cpu_s")]
+    res["stream_cpu_ms_per_alert"] = round(1e3 * sum(cpu) / args.alerts, 3) if cpu else None
     res["packets"] = what
     res["stream_over_offline_pipeline"] = round(
         res["sustained_alerts_per_s"] / res["offline_alerts_per_s"]["decode+prepare+model"], 3)
@@ -283,12 +290,14 @@ def main():
     o = s["offline_alerts_per_s"]
     print(f"  same steps without Kafka       decode+prepare {o['decode+prepare']:.1f}/s, model {o['model']:.1f}/s, "
           f"both {o['decode+prepare+model']:.1f}/s -> stream/offline {s['stream_over_offline_pipeline']:.2f}")
-    cpu = [x.get("cpu_s") for x in s["scorer_summaries"] if x.get("cpu_s")]
-    if cpu:
-        per = sum(cpu) / s["alerts"]
-        print(f"  scorer CPU time                {sum(cpu):.1f} s = {per * 1e3:.2f} ms/alert (incl. idle polling); "
-              f"if it had all {s['cpu_count']} CPUs to itself the burst would need >= "
-              f"{sum(cpu) / s['cpu_count']:.0f} s")
+    c = s["offline_cpu_ms_per_alert"]
+    if s["stream_cpu_ms_per_alert"]:
+        per = s["stream_cpu_ms_per_alert"]
+        print(f"  CPU time per alert (load-independent): stream {per:.2f} ms (whole scorer process, incl. Kafka and "
+              f"idle polling) vs offline decode+prepare {c['decode+prepare']:.2f} + model {c['model']:.2f} = "
+              f"{c['decode+prepare+model']:.2f} ms -> ratio {per / c['decode+prepare+model']:.2f}")
+        print(f"  with all {s['cpu_count']} CPUs to itself, the burst would need >= "
+              f"{per * s['alerts'] / 1e3 / s['cpu_count']:.0f} s of wall time (CPU time / CPUs; a lower bound)")
     print(f"  load average {s['load_average']} on {s['cpu_count']} CPUs; details in {out}")
 
 

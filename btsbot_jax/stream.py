@@ -718,7 +718,11 @@ class StreamScorer:
 
     # -------------------------------------------------------------------------------------------- logging
     def _lag(self) -> int | None:
-        """Messages behind the high watermark over the assigned partitions (None if it cannot be asked now)."""
+        """Messages of the assigned partitions not yet scored and committed: high watermark - committed offset.
+
+        Counted from the committed offsets, not the fetch position: librdkafka prefetches ahead, so the position
+        says what is in memory, not what is done. None if the broker cannot be asked now.
+        """
         c = self._consumer
         try:
             parts = c.assignment()
@@ -726,18 +730,14 @@ class StreamScorer:
                 self.stats.lag = 0
                 return 0
             total = 0
-            for tp in c.position(parts):
+            for tp in c.committed(parts, timeout=2.0):
                 # The high watermark of the last fetch response first (no round trip, and exact on tansu, whose
                 # ListOffsets answers the base offset of the last record batch + 1, low by up to a batch).
                 lo, hi = c.get_watermark_offsets(tp, cached=True)
                 if hi is None or hi < 0:
                     lo, hi = c.get_watermark_offsets(tp, timeout=2.0, cached=False)
-                if tp.offset < 0:  # nothing fetched yet: the committed offset, else the start of the log
-                    com = c.committed([tp], timeout=2.0)[0].offset
-                    pos = com if com >= 0 else lo
-                else:
-                    pos = tp.offset
-                total += max(0, hi - pos)
+                done = tp.offset if tp.offset >= 0 else max(lo, 0)  # nothing committed yet: the whole log is to do
+                total += max(0, hi - done)
             self.stats.lag = total
             return total
         except Exception as e:  # noqa: BLE001 -- observability must not kill the stream
