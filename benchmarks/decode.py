@@ -136,6 +136,16 @@ def _pin(cpu: int) -> str:
     return f"pinned to CPU {target}"
 
 
+def _calibration() -> float:
+    """CPU seconds of a fixed pure-Python loop (best of 3): how fast this core runs Python, to compare machines."""
+    best = float("inf")
+    for _ in range(3):
+        c0 = time.process_time()
+        sum(range(10**7))
+        best = min(best, time.process_time() - c0)
+    return best
+
+
 def _load(inputs, limit):
     files = []
     for p in map(Path, inputs):
@@ -154,9 +164,11 @@ def _main(argv):
         print(f"no avro packets under {FLAGS.input} (real data lives in ../shared/data)", file=sys.stderr)
         return 2
     n = len(blobs)
+    calib = _calibration()
     print(f"{n} packets ({sum(map(len, blobs)) / n / 1024:.0f} KiB each on average), {pinned}, "
           f"{rounds} rounds, isal={'yes' if stamps._isal_zlib is not None else 'no'}, "
-          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+          f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs; CPU speed check: sum(range(10**7)) "
+          f"= {calib:.3f} CPU-s (a fixed pure-Python loop, to compare machines)")
 
     # correctness first: the fast path equals the reference
     t_ref, m_ref = reference(blobs)
@@ -214,6 +226,7 @@ def _main(argv):
           f"{main_rate / rate[ref_name]:.1f}x the reference path")
     if FLAGS.json:
         out = {"packets": n, "rounds": rounds, "pinned": pinned, "machine": platform.platform(),
+               "python_sum_range_1e7_cpu_s": calib,
                "cpu_count": os.cpu_count(), "load_average": os.getloadavg(),
                "alerts_per_cpu_second": rate, "alerts_per_s_wall": rate_wall, "cpu_seconds_per_round": cpu,
                "wall_seconds_per_round": wall, "ratio_vs_reference_per_round": per_round_ratio,

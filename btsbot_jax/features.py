@@ -281,34 +281,43 @@ def cutout_images(record: Mapping, *, copy: bool = True) -> list[np.ndarray]:
 FLOAT32_NORM_OVERFLOW = float(np.finfo(np.float32).max)  # sum of squares above this: production's norm is inf
 
 
-def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS) -> tuple[np.ndarray, list[str | None]]:
-    """(k, 3, h, w) float32 raw cutouts, normalised IN PLACE -> (stack, reason or None per alert).
+def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS, out: np.ndarray | None = None
+                     ) -> tuple[np.ndarray, list[str | None]]:
+    """(k, c, h, w) float32 raw cutouts -> (normalised (k, h, w, c) float32, reason or None per alert).
 
-    NaN -> 0, divide by the L2 norm (accumulated in float64, so no overflow), zero the cutouts whose float32
-    norm overflows (as production does). A cutout with inf pixels, all NaN, or all zero gives the alert a reason.
+    NaN -> 0, divide by the L2 norm (sum of squares accumulated in float64, so it cannot overflow), zero the
+    cutouts whose float32 norm overflows (as production does). A cutout with inf pixels, all NaN, or all zero
+    gives the alert a reason. Common case in two passes: the sum of squares, then one fused divide-and-transpose
+    into `out`; NaN/inf/zero cutouts (rare) are found from their non-finite or zero sums and fixed one by one.
+    `stack` is modified (NaN -> 0).
     """
+    k, nc, h, w = stack.shape
     with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
-        nan = np.isnan(stack)
-        all_nan = nan.all(axis=(2, 3))
-        n_inf = np.isinf(stack).sum(axis=(2, 3))
-        stack[nan] = 0.0
         sumsq = np.einsum("kcij,kcij->kc", stack, stack, dtype=np.float64)
-        bad = (n_inf > 0) | all_nan | ~(sumsq > 0)
-        norm = np.sqrt(np.where(bad, 1.0, sumsq)).astype(np.float32)
-        stack /= norm[:, :, None, None]
-        stack[sumsq > FLOAT32_NORM_OVERFLOW] = 0.0  # float32 x / inf, as in production (see module docstring)
-    reasons: list[str | None] = [None] * stack.shape[0]
-    for j in np.flatnonzero(bad.any(axis=1)):
-        parts = []
-        for c, name in enumerate(names):
-            if n_inf[j, c]:
-                parts.append(f"{name}: {int(n_inf[j, c])} inf pixel(s)")
-            elif all_nan[j, c]:
-                parts.append(f"{name}: all {stack.shape[2] * stack.shape[3]} pixels are NaN")
-            elif not sumsq[j, c] > 0:
-                parts.append(f"{name}: all pixels are zero (after NaN -> 0), L2 norm 0")
-        reasons[j] = "; ".join(parts)
-    return stack, reasons
+        odd = ~(np.isfinite(sumsq) & (sumsq > 0))  # NaN, inf, all zero (and overflow, checked below)
+        why: dict[tuple[int, int], str] = {}
+        for j, c in zip(*np.nonzero(odd)):
+            img = stack[j, c]
+            nan = np.isnan(img)
+            n_inf = int(np.isinf(img).sum())
+            if n_inf:
+                why[j, c] = f"{names[c]}: {n_inf} inf pixel(s)"
+            elif nan.all():
+                why[j, c] = f"{names[c]}: all {h * w} pixels are NaN"
+            img[nan] = 0.0
+            sumsq[j, c] = np.einsum("ij,ij->", img, img, dtype=np.float64)
+            if (j, c) not in why and not sumsq[j, c] > 0:
+                why[j, c] = f"{names[c]}: all pixels are zero (after NaN -> 0), L2 norm 0"
+        norm = np.sqrt(np.where(sumsq > 0, sumsq, 1.0)).astype(np.float32)
+        if out is None:
+            out = np.empty((k, h, w, nc), np.float32)
+        np.divide(stack.transpose(0, 2, 3, 1), norm[:, None, None, :], out=out)
+        for j, c in zip(*np.nonzero(sumsq > FLOAT32_NORM_OVERFLOW)):
+            out[j, :, :, c] = 0.0  # float32 x / inf, as in production (see module docstring)
+    reasons: list[str | None] = [None] * k
+    for (j, _c), text in sorted(why.items()):
+        reasons[j] = text if reasons[j] is None else f"{reasons[j]}; {text}"
+    return out, reasons
 
 
 def triplet_from_images(images: Sequence[np.ndarray]) -> np.ndarray:
@@ -320,7 +329,7 @@ def triplet_from_images(images: Sequence[np.ndarray]) -> np.ndarray:
         normed, (reason,) = _normalise_stack(np.array(img, np.float32)[None, None], names=(CUTOUT_FIELDS[c],))
         if reason is not None:
             reasons.append(reason)
-        out[:h, :w, c] = normed[0, 0]
+        out[:h, :w, c] = normed[0, :, :, 0]
     if reasons:
         raise AlertError("; ".join(reasons))
     return out
@@ -430,8 +439,11 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
         stack = np.empty((len(full), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
         for j, imgs in enumerate(full):  # converts big-endian views while copying in
             stack[j, 0], stack[j, 1], stack[j, 2] = imgs
-        normed, reasons = _normalise_stack(stack)
-        triplets[full_rows] = normed.transpose(0, 2, 3, 1)
+        if full_rows[-1] - full_rows[0] == len(full_rows) - 1:  # contiguous rows (the usual case): in place
+            _, reasons = _normalise_stack(stack, out=triplets[full_rows[0]:full_rows[-1] + 1])
+        else:
+            normed, reasons = _normalise_stack(stack)
+            triplets[full_rows] = normed
         for j, reason in enumerate(reasons):
             if reason is not None:
                 keep[full_rows[j]] = False
