@@ -1,0 +1,289 @@
+"""Training: class weights and loss by hand, Keras callback parity, the jitted step, resume after kill -9,
+4-device vs 1-device equality, and the workdir contract (metrics, TensorBoard, best/ loadable by load_scorer)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from btsbot_jax import train as T
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+import synthetic_training  # noqa: E402
+
+TINY = ["--config.model.conv1_channels=4", "--config.model.conv2_channels=4", "--config.model.conv_kernel=3",
+        "--config.model.meta_fc1_neurons=8", "--config.model.meta_fc2_neurons=8", "--config.model.comb_fc_neurons=4",
+        "--config.batch_size=32", "--config.eval_batch_size=96", "--config.learning_rate=0.003",
+        "--config.progress_bar=False"]
+
+
+def tiny_config(data_dir, **kw):
+    c = T.default_config()
+    c.model.update(conv1_channels=4, conv2_channels=4, conv_kernel=3, meta_fc1_neurons=8, meta_fc2_neurons=8,
+                   comb_fc_neurons=4)
+    c.update(data_dir=str(data_dir), batch_size=32, eval_batch_size=96, learning_rate=3e-3, progress_bar=False,
+             data_version="", data_n_max=0)
+    c.update(kw)
+    return c
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return synthetic_training.training_dir(tmp_path_factory.mktemp("synth"))
+
+
+_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"btsbot-test-jax-cache-{os.getuid()}"
+
+
+def _env(**extra):
+    # the subprocesses compile the same programs: share them through JAX's persistent compilation cache
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1",
+               JAX_COMPILATION_CACHE_DIR=str(_CACHE), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    env.update(extra)
+    return env
+
+
+def _train_cmd(workdir, data_dir, *extra):
+    return [sys.executable, "-m", "btsbot_jax.cli.train", f"--config={REPO / 'experiments/configs/demo.py'}",
+            f"--workdir={workdir}", f"--config.data_dir={data_dir}", "--config.data_version=",
+            "--config.data_n_max=0", *TINY, *extra]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+
+
+def test_class_weights_exact():
+    labels = np.array([0] * 300 + [1] * 100)
+    w = T.class_weights(labels)
+    # (1/300, 1/100) / ||.|| = (1, 3)/sqrt(10), then / max -> (1/3, 1)
+    np.testing.assert_allclose(w, [1 / 3, 1.0], rtol=1e-7)
+    assert w[1] == 1.0
+    np.testing.assert_allclose(T.class_weights(np.array([0, 1, 1, 1, 1])), [1.0, 0.25], rtol=1e-7)
+    np.testing.assert_array_equal(T.class_weights(np.array([0, 1])), [1.0, 1.0])
+    with pytest.raises(ValueError, match="both classes"):
+        T.class_weights(np.zeros(5))
+
+
+def test_weighted_bce_by_hand():
+    logits = np.array([2.0, -1.0, 0.5, -3.0], np.float32)
+    labels = np.array([1, 0, 0, 1], np.int32)
+    w = np.array([0.25, 1.0], np.float32)
+    p = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    per = -(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    want = np.mean(w[labels] * per)  # Keras: sum of weighted losses / batch size
+    np.testing.assert_allclose(float(T.weighted_bce(logits, labels, w)), want, rtol=1e-6)
+    np.testing.assert_allclose(T.bce_numpy(logits, labels), per, rtol=1e-12)
+
+
+def test_plateau_and_early_stopping_match_keras():
+    tf_keras = pytest.importorskip("tf_keras")
+    rng = np.random.default_rng(0)
+    # a noisy, slowly improving val_loss with long flat stretches, to trigger both callbacks many times
+    losses = np.concatenate([np.linspace(1.0, 0.5, 30), 0.5 + 0.01 * rng.random(60), np.linspace(0.5, 0.3, 20),
+                             0.3 + 0.001 * rng.random(120)])
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(1,))])
+    model.compile(optimizer=tf_keras.optimizers.Adam(1e-4), loss="mse")
+    rlrop = tf_keras.callbacks.ReduceLROnPlateau(monitor="val_loss", factor=0.4, patience=20, min_lr=5e-10)
+    es = tf_keras.callbacks.EarlyStopping(monitor="val_loss", patience=75)
+    for cb in (rlrop, es):
+        cb.set_model(model)
+        cb.on_train_begin()
+    ours_p = T.Plateau(lr=1e-4, factor=0.4, patience=20, min_lr=5e-10, min_delta=1e-4)
+    ours_e = T.EarlyStopping(patience=75)
+    keras_stop = ours_stop = None
+    for epoch, loss in enumerate(losses):
+        logs = {"val_loss": float(loss)}
+        es.on_epoch_end(epoch, logs)  # Keras calls callbacks in list order: EarlyStopping, then the plateau
+        rlrop.on_epoch_end(epoch, logs)
+        if model.stop_training and keras_stop is None:
+            keras_stop = epoch
+        if ours_e.update(epoch, float(loss)) and ours_stop is None:
+            ours_stop = epoch
+        ours_p.update(float(loss))
+        keras_lr = float(tf_keras.backend.get_value(model.optimizer.learning_rate))
+        assert math.isclose(ours_p.lr, keras_lr, rel_tol=1e-6), (epoch, ours_p.lr, keras_lr)
+    assert keras_stop is not None and ours_stop == keras_stop
+    assert ours_p.lr < 1e-4 * 0.4 ** 3  # reduced several times
+
+
+def test_plateau_by_hand():
+    p = T.Plateau(lr=1.0, factor=0.5, patience=2, min_lr=0.2, min_delta=0.1)
+    lrs = [p.update(x) for x in [1.0, 0.95, 0.93, 0.5, 0.45, 0.45, 0.4, 0.4, 0.4, 0.4]]
+    # 0.95 and 0.93 are within min_delta of 1.0: two waits -> halve; 0.5 improves; then flat again
+    assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2]
+
+
+def test_train_step_learns_and_donates(data_dir):
+    import jax
+
+    c = tiny_config(data_dir)
+    src = T.load_sources(c)["train"]
+    tx = T.make_optimizer(c)
+    mdef, state = T.create_train_state(c.model, tx, 0)
+    mesh = T.make_mesh()
+    state = T.replicate(state, mesh)
+    rs = T.replicate(mdef.rng_state, mesh)
+    step = T.make_train_step(mdef, tx, T.class_weights(src.labels), mesh)
+    t, m, y = src.gather(np.arange(32))
+    batch = T.shard_batch({"triplet": t, "metadata": m, "label": y}, mesh)
+    evaluate = T.make_eval_step(mdef, mesh)
+    before = T.bce_numpy(np.asarray(evaluate(state, batch, rs)), y).mean()
+    for i in range(40):
+        old = state
+        state, metrics = step(state, batch, rs)
+        if i == 0:
+            leaf = jax.tree.leaves(old.params)[0]
+            assert leaf.is_deleted()  # the state was donated
+    assert int(state.step) == 40
+    after = T.bce_numpy(np.asarray(evaluate(state, batch, rs)), y).mean()
+    assert after < 0.5 * before, (before, after)
+    # the learning rate lives in the optimizer state and is what the plateau rule sets
+    state = T.set_learning_rate(state, 1e-6)
+    assert float(state.opt_state.hyperparams["learning_rate"]) == pytest.approx(1e-6)
+
+
+def _history(workdir):
+    rows = json.loads((Path(workdir) / "metrics.json").read_text())
+    return [{k: v for k, v in r.items() if k not in ("alerts_per_s", "epoch_time_s")} for r in rows]
+
+
+def _latest_params(workdir):
+    import orbax.checkpoint as ocp
+
+    ck = Path(workdir) / "checkpoints"
+    last = max(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    tree = ocp.StandardCheckpointer().restore((ck / str(last) / "state").absolute())
+    return last, tree
+
+
+def _flat(tree):
+    import jax
+
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
+    extra = ["--config.num_epochs=6", "--config.reduce_lr_patience=1", "--config.reduce_lr_min_delta=0.05",
+             "--config.seed=11"]
+    ref = subprocess.Popen(_train_cmd(tmp_path / "ref", data_dir, *extra), env=_env(), stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True)
+    victim = subprocess.Popen(_train_cmd(tmp_path / "run", data_dir, *extra), env=_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    ck = tmp_path / "run" / "checkpoints"
+    deadline = time.time() + 400
+    while time.time() < deadline and victim.poll() is None:
+        if (ck / "1").is_dir():  # epochs 0 and 1 are checkpointed; kill in the middle of the run
+            break
+        time.sleep(0.02)
+    assert victim.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(victim.pid, signal.SIGKILL)
+    victim.wait()
+    assert victim.returncode == -signal.SIGKILL
+    killed_at = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
+    assert killed_at and max(killed_at) < 5
+    out = subprocess.run(_train_cmd(tmp_path / "run", data_dir, *extra), env=_env(), capture_output=True,
+                         text=True, timeout=400)
+    assert out.returncode == 0, out.stderr[-3000:]
+    ref_out, _ = ref.communicate(timeout=400)
+    assert ref.returncode == 0, ref_out[-3000:]
+
+    # identical history (losses, AUCs, learning-rate schedule), best epoch/val loss, and final weights
+    assert _history(tmp_path / "run") == _history(tmp_path / "ref")
+    lrs = [r["lr"] for r in _history(tmp_path / "ref")]
+    assert len(set(lrs)) > 1, "the plateau rule should have acted in this run"
+    s_run = json.loads((tmp_path / "run" / "summary.json").read_text())
+    s_ref = json.loads((tmp_path / "ref" / "summary.json").read_text())
+    for k in ("best_epoch", "best_val_loss", "best_val_auc", "test_auc", "epochs_run"):
+        assert s_run[k] == s_ref[k], k
+    step_run, p_run = _latest_params(tmp_path / "run")
+    step_ref, p_ref = _latest_params(tmp_path / "ref")
+    assert step_run == step_ref == 5
+    fr, ff = _flat(p_run), _flat(p_ref)
+    assert fr.keys() == ff.keys()
+    for k in fr:
+        np.testing.assert_array_equal(fr[k], ff[k], err_msg=k)
+
+    # the workdir contract: metrics files, TensorBoard events, a best/ model that load_scorer reads
+    from btsbot_jax.checkpoint import read_model_card
+    from btsbot_jax.dataset import load_split
+    from btsbot_jax.scorer import load_scorer
+
+    wd = tmp_path / "ref"
+    header = (wd / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert header == list(T.METRIC_FIELDS)
+    assert list((wd / "tensorboard").glob("events.out.tfevents.*"))
+    card = read_model_card(wd / "best")
+    assert card["provenance"]["epoch"] == s_ref["best_epoch"]
+    scorer = load_scorer(wd)
+    test = load_split(data_dir, "test")
+    scores = scorer(np.asarray(test.triplets), test.metadata)
+    from sklearn.metrics import roc_auc_score
+
+    assert roc_auc_score(test.labels, scores) == pytest.approx(s_ref["test_auc"], abs=1e-6)
+    # a finished run restarted does nothing more
+    again = subprocess.run(_train_cmd(wd, data_dir, *extra), env=_env(), capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert _history(wd) == _history(tmp_path / "run")
+
+
+_MULTI = textwrap.dedent("""
+    import json, sys
+    import jax, numpy as np
+    sys.path.insert(0, {tests!r})
+    import test_train as tt
+    from btsbot_jax import train as T
+    assert jax.device_count() == 4, jax.devices()
+    c = tt.tiny_config({data!r})
+    src = T.load_sources(c)["train"]
+    tx = T.make_optimizer(c)
+    w = T.class_weights(src.labels)
+    out = {{}}
+    for name, devs in (("one", jax.devices()[:1]), ("four", jax.devices())):
+        mesh = T.make_mesh(devs)
+        mdef, state = T.create_train_state(c.model, tx, 0)
+        state, rs = T.replicate(state, mesh), T.replicate(mdef.rng_state, mesh)
+        step = T.make_train_step(mdef, tx, w, mesh)
+        losses = []
+        for i in range(5):
+            t, m, y = src.gather(np.arange(32 * i, 32 * (i + 1)))
+            batch = T.shard_batch({{"triplet": t, "metadata": m, "label": y}}, mesh)
+            if name == "four":
+                assert len(batch["triplet"].sharding.device_set) == 4
+                assert batch["triplet"].addressable_shards[0].data.shape[0] == 8
+            state, metrics = step(state, batch, rs)
+            losses.append(float(metrics["loss"]))
+        leaves = jax.tree.leaves(jax.device_get((state.params, state.batch_stats)))
+        out[name] = {{"losses": losses, "params": [np.asarray(x).ravel().tolist() for x in leaves]}}
+    # the whole loop on 4 devices, one short epoch
+    summary = T.train_and_evaluate(tt.tiny_config({data!r}, num_epochs=1), {workdir!r})
+    out["summary_devices"] = summary["devices"]
+    print("RESULT" + json.dumps(out))
+""")
+
+
+@pytest.mark.slow
+def test_four_devices_match_one_device(data_dir, tmp_path):
+    code = _MULTI.format(tests=str(Path(__file__).parent), data=str(data_dir), workdir=str(tmp_path / "wd4"))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    assert res["summary_devices"] == 4
+    np.testing.assert_allclose(res["four"]["losses"], res["one"]["losses"], rtol=1e-5, atol=1e-6)
+    for a, b in zip(res["one"]["params"], res["four"]["params"]):
+        np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6)
+    # something was trained (not a comparison of two untouched initialisations)
+    assert res["one"]["losses"][0] != res["one"]["losses"][-1]
