@@ -280,3 +280,16 @@ def test_cli_writes_everything_and_the_comparison(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.simulate", "--num_sources=0", f"--out={out}2"],
                          capture_output=True, text=True, timeout=300)
     assert bad.returncode != 0 and "num_sources" in (bad.stderr + bad.stdout)
+
+
+def test_flat_encoder_is_byte_identical_to_fastavro():
+    from btsbot_jax.sim.packets import CANDIDATE_FIELDS, PRV_FIELDS, _encode_flat
+
+    enc = AlertEncoder()
+    recs = _records(n=4, seed=3)
+    for r in recs:
+        for spec, schema, rec in [(CANDIDATE_FIELDS, enc._cand, r["candidate"])] + [
+                (PRV_FIELDS, enc._prv, p) for p in (r["prv_candidates"] or [])]:
+            buf = io.BytesIO()
+            fastavro.schemaless_writer(buf, schema, rec)
+            assert _encode_flat(spec, rec) == buf.getvalue()

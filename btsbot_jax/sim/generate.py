@@ -391,24 +391,24 @@ class _Renderer:
             self.cache[key] = (scene, noise)
         return self.cache[key]
 
-    def _scene(self, band: int, zp: float, fwhm: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Static scene at this seeing and zero point with its x/y gradients and laplacian, interpolated between
-        renders on a 10% grid of FWHM (cached per source and band)."""
+    def _scene(self, band: int, fwhm: float) -> tuple[np.ndarray, np.ndarray]:
+        """(static scene at this seeing, at zero point ZP0[band]; [scene, d/dx, d/dy, laplacian] of the nearest
+        grid seeing). Scenes are cached per source and band on a 10% grid of FWHM and interpolated linearly; the
+        derivatives only feed the small subtraction residuals, for which the nearest grid point is plenty."""
         g = np.log(fwhm / SEEING_GRID0) / np.log(SEEING_GRID_STEP)
         k = int(np.floor(g))
         w = g - k
-        out = None
-        for kk, ww in ((k, 1 - w), (k + 1, w)):
+        stacks = []
+        for kk in (k, k + 1):
             key = ("sci", band, kk)
             if key not in self.cache:
                 sc = self._static(band, SEEING_GRID0 * SEEING_GRID_STEP ** kk)
                 d = render.derivative_matrix()
                 gy, gx = d @ sc, sc @ d.T  # == np.gradient(sc), as matrix products
                 self.cache[key] = np.stack([sc, gx, gy, gx @ d.T + d @ gy])
-            part = self.cache[key] * ww
-            out = part if out is None else out + part
-        out *= 10 ** (0.4 * (zp - ZP0[band]))
-        return out[0], out[1], out[2], out[3]
+            stacks.append(self.cache[key])
+        scene = stacks[0][0] * (1 - w) + stacks[1][0] * w
+        return scene, stacks[0] if w < 0.5 else stacks[1]
 
     def stamps(self, i: int, f_meas: float, f_now: float, f_ref: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         src, vis, rng = self.src, self.vis, self.rng
@@ -416,7 +416,9 @@ class _Renderer:
         zp = float(vis.zp[i])
         fwhm = float(vis.fwhm_px[i])
         sky = float(vis.sky[i])
-        scene, gx, gy, lap = self._scene(band, zp, fwhm)
+        scale = 10 ** (0.4 * (zp - ZP0[band]))
+        scene, derivs = self._scene(band, fwhm)
+        scene *= scale
         point = np.zeros_like(scene)
         art = src.artefact["kind"] if src.artefact is not None else None
         if art not in BOGUS_TYPES:
@@ -444,7 +446,6 @@ class _Renderer:
         sci = sky + total + n_sci
         # reference: the per-band co-add, scaled to this exposure's zero point and background
         ref_scene, ref_noise = self._reference(band)
-        scale = 10 ** (0.4 * (zp - ZP0[band]))
         ref = sky + (ref_scene + ref_noise) * scale
         # difference = science - matched reference: new light, both noises, residuals of the static scene
         eps = rng.normal(0, 0.004)
@@ -456,7 +457,7 @@ class _Renderer:
         elif art == "galaxy residual":
             kappa += self.art["kappa"][i]
             shift = shift + self.art["shift"][i]
-        diff = eps * scene - shift[0] * gx - shift[1] * gy + kappa * lap
+        diff = np.tensordot(np.array([eps, -shift[0], -shift[1], kappa]) * scale, derivs, 1)
         if art not in ("dipole", "galaxy residual"):
             diff += point
         diff += n_sci - ref_noise * scale

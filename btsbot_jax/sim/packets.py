@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import struct
 
 import fastavro
 
@@ -109,6 +110,7 @@ def alert_schema() -> dict:
 
 
 _PARSED = None
+_F32 = struct.Struct("<f")
 
 
 def parsed_schema():
@@ -139,6 +141,33 @@ def _str(s: str | bytes) -> bytes:
     return _long(len(b)) + b
 
 
+_D = struct.Struct("<d").pack
+_FP = struct.Struct("<f").pack
+
+
+def _encode_flat(spec, rec: dict) -> bytes:
+    """Avro binary of a flat record of primitive (optionally nullable) fields: ~2x faster than fastavro's
+    schemaless_writer on these 60-100 field records, byte-identical (checked in tests/test_simulate.py)."""
+    out = []
+    ap = out.append
+    for name, typ, nullable in spec:
+        v = rec.get(name)
+        if nullable:
+            if v is None:
+                ap(b"\x00")
+                continue
+            ap(b"\x02")
+        if typ == "float":
+            ap(_FP(v))
+        elif typ == "double":
+            ap(_D(v))
+        elif typ == "int" or typ == "long":
+            ap(_long(v))
+        else:
+            ap(_str(v))
+    return b"".join(out)
+
+
 class AlertEncoder:
     """Avro binary encoding of alert records, with the prv_candidates items encoded once per exposure.
 
@@ -152,8 +181,27 @@ class AlertEncoder:
         fields = {f["name"]: f for f in schema["fields"]}
         self._cand = fastavro.parse_schema(fields["candidate"]["type"])
         self._prv = fastavro.parse_schema(fields["prv_candidates"]["type"][1]["items"])
+        self._cand_fields = [(n, t == "float") for n, t, _ in CANDIDATE_FIELDS]
+        self._prv_fields = [(n, t == "float") for n, t, _ in PRV_FIELDS]
+
+    @staticmethod
+    def _view(rec: dict, fields) -> dict:
+        """The record as an avro reader returns it: every schema field present (missing -> null), `float` fields
+        rounded to float32 (read back as Python floats). Equivalent to decoding the encoded bytes, and ~10x
+        cheaper; tests/test_simulate.py checks the equality against fastavro.reader."""
+        out = {}
+        for name, is_float in fields:
+            v = rec.get(name)
+            if is_float and v is not None:
+                v = _F32.unpack(_F32.pack(v))[0]
+            out[name] = v
+        return out
 
     def _encode(self, schema, rec: dict) -> bytes:
+        if schema is self._cand:
+            return _encode_flat(CANDIDATE_FIELDS, rec)
+        if schema is self._prv:
+            return _encode_flat(PRV_FIELDS, rec)
         buf = io.BytesIO()
         fastavro.schemaless_writer(buf, schema, rec)
         return buf.getvalue()
@@ -179,13 +227,13 @@ class AlertEncoder:
                     hit = prv_cache.get(id(e))
                     if hit is None:
                         b = self.encode_prv(e)
-                        hit = prv_cache[id(e)] = (b, self._decode(self._prv, b))
+                        hit = prv_cache[id(e)] = (b, self._view(e, self._prv_fields))
                     items.append(hit[0])
                     dec_items.append(hit[1])
             cand_bytes = self._encode(self._cand, rec["candidate"])
             encoded.append(self.encode(rec, items, cand_bytes))
             d = {k: rec[k] for k in ("schemavsn", "publisher", "objectId", "candid")}
-            d["candidate"] = self._decode(self._cand, cand_bytes)
+            d["candidate"] = self._view(rec["candidate"], self._cand_fields)
             d["prv_candidates"] = dec_items
             raw = rec.get("_fits") or {}
             for key in ("cutoutScience", "cutoutTemplate", "cutoutDifference"):

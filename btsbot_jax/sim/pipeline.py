@@ -40,6 +40,21 @@ _WORK = ".sim_work"
 _SKIP_COLUMNS = {"pdiffimfilename", "programpi", "rbversion", "drbversion", "ssnamenr"}
 
 
+# Columns of the training-set CSVs: those of the published files (see ../shared/data/btsbot_examples/
+# usage_candidates.csv, minus the ACAI scores we do not simulate) plus our source_set/subtype; every candidate field
+# is in alerts.parquet.
+TRAINING_COLUMNS = (
+    "objectId", "jd", "label", "source_set", "subtype", "fid", "diffmaglim", "programid", "candid", "isdiffpos",
+    "field", "ra", "dec", "magpsf", "sigmapsf", "chipsf", "magap", "sigmagap", "distnr", "magnr", "chinr", "sharpnr",
+    "sky", "magdiff", "fwhm", "classtar", "mindtoedge", "seeratio", "nneg", "nbad", "magapbig", "sigmagapbig",
+    "sgmag1", "srmag1", "simag1", "szmag1", "sgscore1", "distpsnr1", "ndethist", "ncovhist", "jdstarthist", "scorr",
+    "sgmag2", "srmag2", "simag2", "szmag2", "sgscore2", "distpsnr2", "sgmag3", "srmag3", "simag3", "szmag3",
+    "sgscore3", "distpsnr3", "nmtchps", "jdstartref", "dsnrms", "ssnrms", "magzpsci", "magzpsciunc", "magzpscirms",
+    "clrcoeff", "clrcounc", "neargaia", "neargaiabright", "maggaia", "maggaiabright", "exptime", "drb", "new_drb",
+    "peakmag", "peakmag_so_far", "maxmag_so_far", "age", "days_since_peak", "days_to_peak", "nnotdet",
+)
+
+
 @dataclasses.dataclass
 class SimConfig:
     num_sources: int = 1000
@@ -91,10 +106,7 @@ def _run_chunk(args) -> dict:
     # features see the source's whole history (all its earlier alerts, as Kowalski computes them for BTSbot and
     # as the published training set has them: peakmag_so_far of a late alert is the real peak, not the peak of
     # the 30-day prv_candidates window)
-    history: dict[str, list] = {}
-    for rec in decoded:
-        history.setdefault(rec["objectId"], []).append(rec["candidate"])
-    prepared = prepare_batch(decoded, history=history)
+    prepared = prepare_batch(decoded, history=_record_setters(decoded))
     by_candid = {r["candid"]: r for r in decoded}
     recs = [by_candid[int(c)] for c in prepared.info["candid"].to_numpy()]
     table = pd.DataFrame.from_records([r["candidate"] for r in recs])
@@ -106,10 +118,35 @@ def _run_chunk(args) -> dict:
     table["new_drb"] = table["drb"]
     table["nnondet"] = table["nnotdet"]
     table["source_file"] = f"{ALERTS_DIR}/{path.name}"
-    work = Path(out_dir) / _WORK
-    np.save(work / f"triplets_{k:05d}.npy", prepared.triplets)
+    if cfg.training_set:
+        np.save(Path(out_dir) / _WORK / f"triplets_{k:05d}.npy", prepared.triplets)
     rejected = [{"candid": r.candid, "objectId": r.objectId, "reason": r.reason} for r in prepared.rejected]
     return {"k": k, "table": table, "truth": truths, "rejected": rejected, "n_records": len(records)}
+
+
+def _record_setters(records: list[dict]) -> dict[str, list]:
+    """Per source, the earlier alerts' candidates that can matter to the light-curve features: the first
+    detection and every one that set a new brightest or faintest magnitude so far.
+
+    The features only use the minimum magnitude so far (and the jd of its first occurrence), the maximum, and the
+    first jd; all of them are attained at such record-setting points, so passing only these as `history` gives
+    exactly the features of passing every earlier alert (checked in tests/test_simulate.py), without the
+    quadratic cost for sources with hundreds of alerts."""
+    out: dict[str, list] = {}
+    state: dict[str, tuple[float, float]] = {}
+    for rec in sorted(records, key=lambda r: r["candidate"]["jd"]):
+        c = rec["candidate"]
+        oid = rec["objectId"]
+        m = c["magpsf"]
+        if oid not in state:
+            state[oid] = (m, m)
+            out[oid] = [c]
+            continue
+        lo, hi = state[oid]
+        if m < lo or m > hi:
+            out[oid].append(c)
+            state[oid] = (min(lo, m), max(hi, m))
+    return out
 
 
 class _ChunkedTriplets:
@@ -203,7 +240,7 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
     if cfg.training_set and len(table):
         trip = _ChunkedTriplets([work / f"triplets_{r['k']:05d}.npy" for r in results],
                                 [len(r["table"]) for r in results])
-        res = prepare_training_set(table.drop(columns=["source_file"]), trip, out, version=cfg.version,
+        res = prepare_training_set(table[list(TRAINING_COLUMNS)], trip, out, version=cfg.version,
                                    n_max=cfg.n_max, seed=cfg.seed if cfg.split_seed is None else cfg.split_seed)
         files = {k: [str(p) for p in v] for k, v in res.files.items()}
         prep_summary = res.summary
