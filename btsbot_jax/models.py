@@ -53,6 +53,20 @@ def _max_pool(x: jax.Array, size: int) -> jax.Array:
     return nnx.max_pool(x, window_shape=(size, size), strides=(size, size), padding="VALID")
 
 
+def _same_conv_rows(n_out: int, n_in: int, k: int) -> tuple[int, tuple[int, int]]:
+    """A SAME convolution (kernel k, stride 1) computing only its first `n_out` rows (and columns) from an input
+    of `n_in`: (input rows it reads, (low, high) zero padding). Same values as SAME on those rows."""
+    lo = (k - 1) // 2
+    keep = min(n_in, n_out + k - 1 - lo)
+    return keep, (lo, n_out + k - 1 - lo - keep)
+
+
+def _conv(conv: nnx.Conv, x: jax.Array, keep: int, pad: tuple[int, int]) -> jax.Array:
+    y = jax.lax.conv_general_dilated(x[:, :keep, :keep], conv.kernel.value, (1, 1), (pad, pad),
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return y + conv.bias.value
+
+
 def _dense(n_in: int, n_out: int, rngs: nnx.Rngs) -> nnx.Linear:
     return nnx.Linear(n_in, n_out, kernel_init=_kernel_init, rngs=rngs)
 
@@ -72,13 +86,23 @@ class ImageBranch(nnx.Module):
         self.drop2 = nnx.Dropout(cfg.conv_dropout2, rngs=rngs)
         side = (cfg.image_size // 2) // 4
         self.out_features = side * side * c2
+        # The VALID pools drop trailing rows/columns (63 -> 31 keeps 62, 31 -> 7 keeps 28), so pixels that never
+        # reach the output need not be computed. Walking back from the flatten: conv4 needs 28 of its 31 rows,
+        # conv3 30 of 31, conv2 62 of 63 -- 9% of the FLOPs (18% of conv4), identical values on what is kept.
+        s1, s2, kk = cfg.image_size, cfg.image_size // 2, cfg.conv_kernel
+        r4, pad4 = _same_conv_rows(4 * side, s2, kk)  # conv4 reads r4 rows of conv3's output
+        r3, pad3 = _same_conv_rows(r4, s2, kk)        # conv3 computes r4 rows from r3 pooled rows
+        r2, pad2 = _same_conv_rows(2 * r3, s1, kk)    # conv2 computes the 2*r3 rows the first pool reads
+        r1, pad1 = _same_conv_rows(r2, s1, kk)
+        self._rows = ((r1, pad1), (r2, pad2), (r3, pad3), (r4, pad4))
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        x = nnx.relu(self.conv1(x))
-        x = nnx.relu(self.conv2(x))
+        (r1, p1), (r2, p2), (r3, p3), (r4, p4) = self._rows
+        x = nnx.relu(_conv(self.conv1, x, r1, p1))
+        x = nnx.relu(_conv(self.conv2, x, r2, p2))
         x = self.drop1(_max_pool(x, 2))
-        x = nnx.relu(self.conv3(x))
-        x = nnx.relu(self.conv4(x))
+        x = nnx.relu(_conv(self.conv3, x, r3, p3))
+        x = nnx.relu(_conv(self.conv4, x, r4, p4))
         x = self.drop2(_max_pool(x, 4))
         return x.reshape((x.shape[0], -1))  # channels-last flatten, as Keras Flatten on NHWC
 
