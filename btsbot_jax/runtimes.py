@@ -93,7 +93,7 @@ class RuntimeScorer:
         self(np.zeros((1, z, z, 3), np.float32), np.zeros((1, len(self.metadata_columns)), np.float32))
 
     def __call__(self, triplets, metadata) -> np.ndarray:
-        from btsbot_jax.scorer import validate_inputs
+        from btsbot_jax.inputs import validate_inputs
 
         t, m = validate_inputs(
             triplets, metadata, image_size=self.image_size, num_metadata=len(self.metadata_columns),
@@ -120,7 +120,7 @@ class StableHLOScorer(RuntimeScorer):
     runtime = "stablehlo"
 
     def __init__(self, export_dir, card=None, buckets: Sequence[int] | None = None):
-        from btsbot_jax.scorer import DEFAULT_BUCKETS
+        from btsbot_jax.inputs import DEFAULT_BUCKETS
 
         self.buckets = tuple(sorted(buckets or DEFAULT_BUCKETS))
         super().__init__(export_dir, card, max_batch=self.buckets[-1])
@@ -147,7 +147,7 @@ class StableHLOScorer(RuntimeScorer):
             self._run(np.zeros((b, z, z, 3), np.float32), np.zeros((b, k), np.float32))
 
     def _run(self, t, m):
-        from btsbot_jax.scorer import bucket_for
+        from btsbot_jax.inputs import bucket_for
 
         k = t.shape[0]
         b = bucket_for(k, self.buckets)

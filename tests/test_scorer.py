@@ -121,3 +121,17 @@ def test_missing_or_foreign_checkpoint(tmp_path, v101_checkpoint):
 
 def test_default_buckets():
     assert DEFAULT_BUCKETS == (1, 8, 64, 256, 1024)
+
+
+def test_empty_batch_gives_empty_scores(small_scorer):
+    out = small_scorer(np.zeros((0, 63, 63, 3), np.float32), np.zeros((0, 25), np.float32))
+    assert out.shape == (0,) and out.dtype == np.float32
+
+
+def test_input_checks_import_without_flax():
+    import subprocess
+    import sys
+
+    code = ("import sys; import btsbot_jax.inputs as i; "
+            "assert 'flax' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
