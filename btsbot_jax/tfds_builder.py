@@ -6,12 +6,13 @@ A user who downloads the BTS training set (Zenodo 10839690) or runs `btsbot-simu
     from btsbot_jax import tfds_builder  # registers `btsbot_alerts`
     builder = tfds_builder.BtsbotAlerts(data_dir="~/tensorflow_datasets")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="path/to/files"))
-    ds = builder.as_dataset(split="train")
+    train = builder.as_data_source(split="train")  # random access: train[i] -> dict of numpy arrays
 
 or trains on it with one flag: `btsbot-train ... --config.data_dir=path/to/files --config.data_source=tfds`.
 Examples hold the model inputs (triplet (63,63,3) float32, metadata (25,) float32 in the model's column order,
-label) and the fields an evaluation needs (objectId, candid, jd, magpsf, source_set). The prepared files are
-ArrayRecord, so training reads them by random access with the same seeded order as the .npy path.
+label) and the fields an evaluation needs (objectId, candid, jd, magpsf, source_set, row). The prepared files are
+ArrayRecord (`as_data_source`), so training reads them by random access in the same seeded order as the .npy path;
+`BtsbotAlerts(file_format="tfrecord")` builds a copy for `as_dataset` streaming instead.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class BtsbotAlerts(tfds.core.GeneratorBasedBuilder):
                 "label": f.ClassLabel(names=["not_bts", "bts"]),
                 "objectId": f.Text(),
                 "candid": np.int64,
-                "jd": np.float64,
+                # tf.train.Example floats are 32-bit: jd must keep its float64 digits (0.04 d is an hour)
+                "jd": f.Tensor(shape=(), dtype=np.float64, encoding=f.Encoding.BYTES),
                 "magpsf": np.float32,
                 "source_set": f.Text(),
                 "row": np.int64,

@@ -26,6 +26,9 @@ flags.DEFINE_integer("process_id", None, "This process's index for multi-host tr
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not FLAGS["verbosity"].present:
+        # orbax logs every checkpoint step at INFO; keep the console to the per-epoch lines (--verbosity=0: all)
+        logging.set_verbosity(logging.WARNING)
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
