@@ -90,24 +90,22 @@ def build_runtimes(wanted, mdir: Path, workdir: Path, buckets):
         except TypeError as e:
             skipped["jax_bf16"] = f"this Scorer has no compute_dtype option ({e})"
     export_wanted = [r for r in ("stablehlo", "onnx", "tf_export") if r in wanted]
-    if export_wanted:
+    try:
+        from btsbot_jax.export import export_model
+    except ImportError as e:
+        export_model = None
+        for r in export_wanted:
+            skipped[r] = f"btsbot_jax.export is not importable: {e}"
+    platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
+    for r in export_wanted if export_model is not None else ():
+        fmt = {"tf_export": "savedmodel"}.get(r, r)
         try:
-            from btsbot_jax.export import export_model
-
             t0 = time.perf_counter()
-            fmt = "all" if len(export_wanted) > 1 else {"tf_export": "savedmodel"}.get(export_wanted[0],
-                                                                                       export_wanted[0])
-            export_model(mdir, workdir / "export", fmt, platforms=(jax.default_backend().replace("gpu", "cuda"),))
+            export_model(mdir, workdir / fmt, fmt, platforms=(platform,))
             common.log(f"exported {fmt} in {time.perf_counter() - t0:.1f} s")
-            for r in export_wanted:
-                sub = workdir / "export" / ({"tf_export": "savedmodel"}.get(r, r) if fmt == "all" else "")
-                try:
-                    ready[r] = load_scorer(sub, buckets=buckets) if r == "stablehlo" else load_scorer(sub)
-                except Exception as e:  # a runtime package missing or broken: report, do not abort the run
-                    skipped[r] = f"{type(e).__name__}: {e}"
-        except Exception as e:
-            for r in export_wanted:
-                skipped[r] = f"export failed or unavailable: {type(e).__name__}: {e}"
+            ready[r] = load_scorer(workdir / fmt, buckets=buckets) if r == "stablehlo" else load_scorer(workdir / fmt)
+        except Exception as e:  # a runtime package missing or broken: report it, do not abort the run
+            skipped[r] = f"{type(e).__name__}: {e}"
     if "tf_v101" in wanted or "tf_v101_xla" in wanted:
         if not common.V101_SAVED_MODEL.exists():
             for r in ("tf_v101", "tf_v101_xla"):

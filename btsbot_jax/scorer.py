@@ -103,7 +103,7 @@ def _chunk_plans(buckets: Sequence[int], call_rows: int) -> list[list[int]]:
             c = b + call_rows + (cost[r - b] if b < r else 0.0)
             if c < cost[r]:
                 cost[r], plan[r] = c, [b] + (plan[r - b] if b < r else [])
-    return plan
+    return [sorted(p, reverse=True) for p in plan]  # full big calls first, the padded one last
 
 
 def load_scorer(checkpoint: str | os.PathLike, buckets: Sequence[int] = DEFAULT_BUCKETS, **kwargs) -> Scorer:
