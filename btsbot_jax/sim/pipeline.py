@@ -18,6 +18,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -178,6 +179,18 @@ class _ChunkedTriplets:
         return out
 
 
+def _start_method() -> str:
+    """fork where it is safe (fast, nothing to re-import); forkserver once JAX (multithreaded) is loaded in this
+    process, e.g. inside a test session or a notebook that also scores, since forking a multithreaded process can
+    deadlock the child."""
+    methods = mp.get_all_start_methods()
+    if "jax" in sys.modules and "forkserver" in methods:
+        return "forkserver"
+    if "fork" in methods:
+        return "fork"
+    return methods[0]
+
+
 def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progress: bool = False) -> SimResult:
     """Run the mock survey into `out_dir` (created; existing simulator outputs there are replaced)."""
     from btsbot_jax.prepare import prepare_training_set
@@ -208,7 +221,7 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
         for t in tasks:
             results.append(_run_chunk(t))
     else:
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else mp.get_context()
+        ctx = mp.get_context(_start_method())
         with ctx.Pool(min(workers, len(tasks))) as pool:
             for r in pool.imap(_run_chunk, tasks, chunksize=1):
                 results.append(r)

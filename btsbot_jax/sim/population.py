@@ -163,8 +163,8 @@ class _Neighbour:
 def _background(rng: np.random.Generator, b: float) -> list[_Neighbour]:
     """PS1-detected field objects within 30" (density from galactic latitude) and fainter ones in the stamp."""
     out = []
-    lam = 4.0 + 50.0 * np.exp(-abs(b) / 12.0)
-    lam *= np.exp(rng.normal(0, 0.35))
+    lam = 3.0 + 50.0 * np.exp(-abs(b) / 12.0)
+    lam *= np.exp(rng.normal(0, 0.5))
     f_star = 0.45 + 0.45 * np.exp(-abs(b) / 15.0)
     for _ in range(rng.poisson(lam)):
         r = PS1_RADIUS * np.sqrt(rng.random())
@@ -323,7 +323,7 @@ def draw_source(index: int, set_name: str, seed: int) -> Source:
         if abs(b) >= 7 or set_name == "vars" or rng.random() < 0.15:
             break
     objects = _background(rng, b)
-    p_visit = float(rng.uniform(0.35, 0.8))
+    p_visit = float(rng.uniform(0.3, 0.7))
     realness = float(rng.normal(7.5, 1.5))
     ref_seeing = float(rng.uniform(1.7, 2.4))
     cand_offset = (0.0, 0.0)
@@ -338,7 +338,7 @@ def draw_source(index: int, set_name: str, seed: int) -> Source:
         if set_name == "trues":
             peak = _powerlaw_mag(rng, 13.3, BRIGHT_LIMIT, 0.6)
         else:
-            peak = _powerlaw_mag(rng, BRIGHT_LIMIT + 0.02, 20.6, 0.45)
+            peak = _powerlaw_mag(rng, BRIGHT_LIMIT + 0.02, 20.2, 0.45)
         lc, duration = _transient(rng, subtype, peak, t_event)
         t_lo = t_event - lc.tau_rise * 4 - rng.uniform(25, 45)
         t_hi = t_event + duration

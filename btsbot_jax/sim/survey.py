@@ -91,7 +91,7 @@ def schedule(rng: np.random.Generator, nights: Nights, t_lo: float, t_hi: float,
              p_visit: float) -> tuple[np.ndarray, np.ndarray]:
     """JDs and filters of the exposures covering a position between t_lo and t_hi.
 
-    On each clear night the field is observed with probability p_visit (0.35-0.8: 1.5-3 day cadence); the
+    On each clear night the field is observed with probability p_visit (0.3-0.7: 1.5-3.5 day cadence); the
     position is unobservable for ~3.5 months a year around conjunction with the Sun (from its RA)."""
     n0 = int(np.floor(t_lo - 0.5))
     n1 = int(np.floor(t_hi - 0.5))
