@@ -175,8 +175,8 @@ def _flat(tree):
 
 @pytest.mark.slow
 def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
-    extra = ["--config.num_epochs=6", "--config.reduce_lr_patience=1", "--config.reduce_lr_min_delta=0.05",
-             "--config.seed=11"]
+    extra = ["--config.num_epochs=4", "--config.early_stopping_patience=75", "--config.reduce_lr_patience=1",
+             "--config.reduce_lr_min_delta=0.05", "--config.seed=11"]
     ref = subprocess.Popen(_train_cmd(tmp_path / "ref", data_dir, *extra), env=_env(), stdout=subprocess.PIPE,
                            stderr=subprocess.STDOUT, text=True)
     victim = subprocess.Popen(_train_cmd(tmp_path / "run", data_dir, *extra), env=_env(),
@@ -192,7 +192,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     victim.wait()
     assert victim.returncode == -signal.SIGKILL
     killed_at = sorted(int(p.name) for p in ck.iterdir() if p.name.isdigit())
-    assert killed_at and max(killed_at) < 5
+    assert killed_at and max(killed_at) < 3
     out = subprocess.run(_train_cmd(tmp_path / "run", data_dir, *extra), env=_env(), capture_output=True,
                          text=True, timeout=400)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -209,7 +209,7 @@ def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
         assert s_run[k] == s_ref[k], k
     step_run, p_run = _latest_params(tmp_path / "run")
     step_ref, p_ref = _latest_params(tmp_path / "ref")
-    assert step_run == step_ref == 5
+    assert step_run == step_ref == 3
     fr, ff = _flat(p_run), _flat(p_ref)
     assert fr.keys() == ff.keys()
     for k in fr:
@@ -232,10 +232,12 @@ def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
     from sklearn.metrics import roc_auc_score
 
     assert roc_auc_score(test.labels, scores) == pytest.approx(s_ref["test_auc"], abs=1e-6)
-    # a finished run restarted does nothing more
-    again = subprocess.run(_train_cmd(wd, data_dir, *extra), env=_env(), capture_output=True, text=True,
-                           timeout=300)
-    assert again.returncode == 0, again.stderr[-2000:]
+    # a finished run restarted (from the config it saved) trains nothing more and reports the same result
+    import ml_collections
+
+    saved = ml_collections.ConfigDict(json.loads((wd / "config.json").read_text()))
+    again = T.train_and_evaluate(saved, wd)
+    assert again["epochs_run"] == s_ref["epochs_run"] and again["test_auc"] == s_ref["test_auc"]
     assert _history(wd) == _history(tmp_path / "run")
 
 
@@ -287,3 +289,58 @@ def test_four_devices_match_one_device(data_dir, tmp_path):
         np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6)
     # something was trained (not a comparison of two untouched initialisations)
     assert res["one"]["losses"][0] != res["one"]["losses"][-1]
+
+
+def _load_config(name):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "experiments" / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def test_configs_follow_the_paper():
+    from btsbot_jax.models import count_parameters, create_model
+
+    prod = _load_config("prod")
+    assert (prod.learning_rate, prod.beta1, prod.beta2, prod.epsilon, prod.batch_size) == (1e-4, 0.99, 0.99, 1e-7, 64)
+    assert (prod.reduce_lr_factor, prod.reduce_lr_patience, prod.reduce_lr_min_lr) == (0.4, 20, 5e-10)
+    assert (prod.early_stopping_patience, prod.num_epochs, prod.seed, prod.augment) == (75, 1000, 2, True)
+    assert count_parameters(create_model(prod.model))[0] == 227_811
+    for name, arch in (("um_cnn", "um_cnn"), ("um_nn", "um_nn"), ("demo", "mm_cnn")):
+        c = _load_config(name)
+        assert c.model.architecture == arch
+        assert (c.beta1, c.beta2, c.class_weighting) == (prod.beta1, prod.beta2, "alerts")
+    assert _load_config("demo").data_dir == "demo_out/sim"
+
+
+def test_hparam_search_space_is_the_papers():
+    code = textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(REPO / 'experiments')!r})
+        import hparam_search as h
+        import ml_collections
+        trials = [h.sample_trial(0, i) for i in range(300)]
+        assert h.sample_trial(0, 7) == trials[7] and h.sample_trial(1, 7) != trials[7]
+        base = ml_collections.ConfigDict({{"learning_rate": 1.0, "beta1": 0.0, "beta2": 0.0, "batch_size": 1,
+                                          "model": {{k.split(".")[1]: 0.0 if "dropout" in k else 0
+                                                     for k in h.SEARCH_SPACE if k.startswith("model.")}}}})
+        cfg = h.apply(base, trials[0])
+        print("RESULT" + json.dumps({{"trials": trials, "lr": cfg.learning_rate, "k": cfg.model.conv_kernel}}))
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=_env())
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads(r.stdout.split("RESULT", 1)[1])
+    trials = res["trials"]
+    col = lambda k: np.array([t[k] for t in trials])
+    assert set(col("model.conv_kernel")) == {3, 5, 7}
+    assert set(col("batch_size")) == {8, 16, 32, 64}
+    assert col("model.conv1_channels").min() == 8 and col("model.conv1_channels").max() == 128
+    assert 5e-6 <= col("learning_rate").min() and col("learning_rate").max() <= 1e-2
+    assert np.median(np.log10(col("learning_rate"))) == pytest.approx(np.log10(np.sqrt(5e-6 * 1e-2)), abs=0.3)
+    assert 0.81 <= col("beta1").min() and col("beta1").max() <= 0.999
+    assert 0.9 <= col("beta2").min() and col("beta2").max() <= 0.9999
+    for k in ("model.conv_dropout1", "model.conv_dropout2", "model.meta_dropout", "model.comb_dropout"):
+        assert 0.1 <= col(k).min() and col(k).max() <= 0.8
+    assert res["lr"] == trials[0]["learning_rate"] and res["k"] == trials[0]["model.conv_kernel"]
