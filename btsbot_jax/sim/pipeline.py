@@ -28,7 +28,7 @@ import pandas as pd
 from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS
 from btsbot_jax.features import prepare_batch
 from btsbot_jax.sim.generate import simulate_source
-from btsbot_jax.sim.packets import AlertEncoder, container_bytes, sync_marker
+from btsbot_jax.sim.packets import AlertEncoder, container_parts, sync_marker
 from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
 from btsbot_jax.sim.survey import make_nights
 
@@ -102,7 +102,8 @@ def _run_chunk(args) -> dict:
     records.sort(key=lambda r: (r["candidate"]["jd"], r["candid"]))
     encoded, decoded = AlertEncoder().encode_source(records)
     path = Path(out_dir) / ALERTS_DIR / _chunk_name(k)
-    path.write_bytes(container_bytes(encoded, sync_marker("btsbot-jax-sim", cfg.seed, k)))
+    with open(path, "wb") as fo:
+        fo.writelines(container_parts(encoded, sync_marker("btsbot-jax-sim", cfg.seed, k)))
     # features by the ingestion code, on the records exactly as decoded from the file's bytes; the light-curve
     # features see the source's whole history (all its earlier alerts, as Kowalski computes them for BTSbot and
     # as the published training set has them: peakmag_so_far of a late alert is the real peak, not the peak of
