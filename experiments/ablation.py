@@ -15,13 +15,8 @@ import time
 from pathlib import Path
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/prod.py", "Base training config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory: one training workdir per architecture plus the table.")
-flags.DEFINE_list("architectures", ["mm_cnn", "um_cnn", "um_nn"], "Architectures to compare.")
-flags.DEFINE_list("seeds", [], "Seeds to repeat each architecture with (default: the config's seed).")
 
 COLUMNS = ("architecture", "seed", "parameters", "best_epoch", "epochs_run", "best_val_loss", "best_val_accuracy",
            "best_val_auc", "test_loss", "test_accuracy", "test_auc", "alerts_per_s_median", "wall_s")
@@ -67,7 +62,18 @@ def _main(argv):
     print(f"results: {Path(FLAGS.workdir) / 'results.csv'} (and .md, .json)")
 
 
+def _define_flags():
+    """Flags exist only when this file runs as a script, so importing it (tests) defines none."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "experiments/configs/prod.py", "Base training config.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory: one training workdir per architecture plus the table.")
+    flags.DEFINE_list("architectures", ["mm_cnn", "um_cnn", "um_nn"], "Architectures to compare.")
+    flags.DEFINE_list("seeds", [], "Seeds to repeat each architecture with (default: the config's seed).")
+
+
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["workdir"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(_main)

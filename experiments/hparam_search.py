@@ -22,15 +22,9 @@ from pathlib import Path
 
 import numpy as np
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "experiments/configs/prod.py", "Base training config.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Output directory (one workdir per trial, the results table, best config).")
-flags.DEFINE_integer("num_trials", 20, "Number of random trials.")
-flags.DEFINE_integer("seed", 0, "Seed of the search (trial i uses default_rng([seed, i])).")
-flags.DEFINE_enum("metric", "best_val_loss", ["best_val_loss", "best_val_auc", "test_auc"],
-                  "Ranking metric (loss: lower is better; AUC: higher is better).")
+
 
 # Tables 2 and 3 (spec sections 3 and 4): (kind, low, high) or ("choice", values)
 SEARCH_SPACE = {
@@ -164,7 +158,20 @@ def _main(argv):
     print(f"results: {Path(FLAGS.workdir) / 'results.csv'}; best config: {Path(FLAGS.workdir) / 'best_config.py'}")
 
 
+def _define_flags():
+    """Flags exist only when this file runs as a script, so importing it (tests) defines none."""
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", "experiments/configs/prod.py", "Base training config.", lock_config=True)
+    flags.DEFINE_string("workdir", None, "Output directory (one workdir per trial, the results table, best config).")
+    flags.DEFINE_integer("num_trials", 20, "Number of random trials.")
+    flags.DEFINE_integer("seed", 0, "Seed of the search (trial i uses default_rng([seed, i])).")
+    flags.DEFINE_enum("metric", "best_val_loss", ["best_val_loss", "best_val_auc", "test_auc"],
+                      "Ranking metric (loss: lower is better; AUC: higher is better).")
+
+
 if __name__ == "__main__":
+    _define_flags()
     flags.mark_flags_as_required(["workdir"])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     app.run(_main)
