@@ -332,14 +332,29 @@ def load_sources(config: ml_collections.ConfigDict) -> dict[str, Any]:
 
 
 def _checkpoint_manager(path: Path) -> ocp.CheckpointManager:
-    cm = ocp.checkpoint_managers
-    policy = cm.AnyPreservationPolicy([
-        cm.LatestN(1),
-        cm.BestN(get_metric_fn=lambda m: m["val_loss"], reverse=True, n=1, keep_checkpoints_without_metrics=False),
-    ])
-    opts = ocp.CheckpointManagerOptions(preservation_policy=policy, enable_async_checkpointing=False,
-                                        cleanup_tmp_directories=True)
+    """Keeps every step it is given; `_prune_checkpoints` decides what goes.
+
+    orbax's BestN policy is not used: its metrics are not persisted (orbax 0.12 writes `"metrics": {}`), so a manager
+    reopened after a kill sees the old steps as metric-less and deletes the best one. Retention is instead derived
+    from the training history, which lives in every checkpoint's metadata and so survives a kill."""
+    opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, cleanup_tmp_directories=True)
     return ocp.CheckpointManager(path.absolute(), options=opts)
+
+
+def _best_epoch(history: list[dict]) -> int:
+    """The earliest epoch with the lowest val_loss (what Keras' save_best_only keeps)."""
+    i = min(range(len(history)), key=lambda j: (history[j]["val_loss"], j))
+    return int(history[i]["epoch"])
+
+
+def _prune_checkpoints(mngr: ocp.CheckpointManager, history: list[dict]) -> None:
+    """Keep only the latest epoch (to resume) and the best one (to ship)."""
+    if not history:
+        return
+    keep = {int(history[-1]["epoch"]), _best_epoch(history)}
+    for step in mngr.all_steps():
+        if step not in keep:
+            mngr.delete(step)
 
 
 def _restore(mngr: ocp.CheckpointManager, step: int, state: TrainState):
@@ -485,6 +500,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
                   metrics={"val_loss": vm["loss"]})
         mngr.wait_until_finished()
+        _prune_checkpoints(mngr, history)
         if is_main:
             _write_metrics(workdir, history)
             for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s"):
@@ -507,8 +523,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # The shipped model: the best-val-loss checkpoint, re-exported from orbax (atomic) so that a kill during an
     # earlier export can never leave a broken best/.
-    best_epoch = min(range(len(history)), key=lambda i: (history[i]["val_loss"], i))
-    best_epoch = history[best_epoch]["epoch"]
+    best_epoch = _best_epoch(history)
     best_state, _ = _restore(mngr, best_epoch, state)
     best_row = next(r for r in history if r["epoch"] == best_epoch)
     summary = {
