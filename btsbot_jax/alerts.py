@@ -12,7 +12,7 @@ compiled once per schema text (`btsbot_jax.avro_decoder`; fastavro's `schemaless
 it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_alerts.py checks the records equal
 `fastavro.reader`'s on all real packets.
 
-`projection=SCORING_PROJECTION` decodes only what scoring needs from the light-curve arrays (a few fields of each
+`projection=SCORING_PROJECTION` decodes only what scoring needs from the light-curve arrays (`jd` and `magpsf` of each
 `prv_candidates` entry, no `fp_hists`) and skips the rest without building it: ~3x less decoding work on a
 typical ZTF alert. The default is the full packet.
 
@@ -50,7 +50,7 @@ ZTF_TOP_LEVEL = ("schemavsn", "publisher", "objectId", "candid", "candidate", "p
 PARQUET_BATCH_ROWS = 256
 # What prepare_batch needs (and the light curve's essentials): every candidate field, a few fields of each
 # prv_candidates entry, no forced-photometry history.
-PRV_SCORING_FIELDS = ("jd", "fid", "magpsf", "sigmapsf", "diffmaglim", "isdiffpos")
+PRV_SCORING_FIELDS = ("jd", "magpsf")  # all the features read from the light curve (features.custom_features)
 SCORING_PROJECTION = {"prv_candidates": PRV_SCORING_FIELDS, "fp_hists": SKIP}
 
 

@@ -11,6 +11,7 @@ return None and the caller uses fastavro. tests/test_alerts.py checks equality w
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -93,6 +94,15 @@ class _Compiler:
         self.n += 1
         return f"{stem}{self.n}"
 
+    def const(self, stem: str, value: tuple) -> str:
+        """Name of a module-level constant holding `value` (one name per distinct value)."""
+        for name, v in self.consts.items():
+            if name.startswith(stem) and v == value:
+                return name
+        name = self.tmp(stem)
+        self.consts[name] = value
+        return name
+
     @staticmethod
     def fullname(schema: dict, namespace: str | None) -> str:
         name = schema["name"]
@@ -172,8 +182,7 @@ class _Compiler:
             a(f"{ind}if p + {size} > len(b): raise EOFError('fixed runs past the end of the data')")
             a(f"{ind}{out} = b[p:p + {size}]; p += {size}")
         elif t == "enum":
-            c = self.tmp("_SYM")
-            self.consts[c] = tuple(schema["symbols"])
+            c = self.const("_SYM", tuple(schema["symbols"]))
             a(f"{ind}x = b[p]")
             a(f"{ind}if x < 128: i = (x >> 1) ^ -(x & 1); p += 1")
             a(f"{ind}else: i, p = _read_long(b, p)")
@@ -269,8 +278,7 @@ class _Compiler:
                 table = [1 << 40] * 256
                 for k, z in enumerate(sizes):
                     table[2 * k] = 1 + z
-                c = self.tmp("_SKIP")
-                self.consts[c] = tuple(table)
+                c = self.const("_SKIP", tuple(table))
                 a(f"{ind}p += {c}[b[p]]")
                 return
             a(f"{ind}x = b[p]; p += 1")
@@ -304,8 +312,23 @@ class _Compiler:
             self.emit(f["type"], ns, v, lines, "    ", tuple(sub) if sub is not None else None)
         items = ", ".join(f"{k!r}: {v}" for k, v in names)
         lines.append(f"    return {{{items}}}, p")
-        self.sources.append("\n".join(lines))
+        self.sources.append(_bind_locals("\n".join(lines)))
         return fn
+
+
+_HELPERS = ("_read_long", "_read_str", "_read_bytes", "_skip_long", "_skip_bytes", "_DOUBLE", "_FLOAT")
+_BINDABLE = re.compile(r"\b(_SKIP\d+|_SYM\d+|" + "|".join(_HELPERS) + r")\b")
+
+
+def _bind_locals(src: str) -> str:
+    """Make the helpers and tables a generated function uses keyword defaults, so CPython reads them as fast
+    locals instead of global-dict lookups (the body runs ~60 times per light-curve point: ~10% of decode time)."""
+    head, _, body = src.partition("\n")
+    used = sorted(set(_BINDABLE.findall(body)))
+    if not used:
+        return src
+    binds = ", ".join(f"{u}={u}" for u in used)
+    return f"{head[:-2]}, *, {binds}):\n{body}"
 
 
 def compile_decoder(schema: Any, projection: dict[str, Any] | None = None):
