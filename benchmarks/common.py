@@ -135,6 +135,18 @@ def mm_cnn_flops(image_size: int = 63, c1: int = 32, c2: int = 64, k: int = 5, n
     return int(convs + dense)
 
 
+def matmul_call(n: int = 1024):
+    """(zero-argument call of a jitted n x n float32 matmul on the default jax device, its FLOPs): interleaved
+    with the model, its rate is the attainable compute ceiling under the same machine load."""
+    import jax
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    return (lambda: f(a).block_until_ready()), 2.0 * n**3
+
+
 def matmul_gflops(seconds: float = 2.0, n: int = 1024) -> dict[str, float]:
     """Attainable float32 GFLOP/s of the default jax device on a large matmul: the compute ceiling to which the
     model's rate is compared (on a CPU this is the BLAS-like peak of all cores; on a GPU, of the chip)."""
@@ -201,13 +213,13 @@ def interleave(cases: Mapping[str, Callable[[], Any]], *, rounds: int, slice_sec
     return out
 
 
-def summarize(rounds: list[list[float]], items_per_call: int) -> dict[str, Any]:
+def summarize(rounds: list[list[float]], items_per_call: float) -> dict[str, Any]:
     """Throughput (items/s over all calls), per-round throughputs, and per-call latency percentiles in ms."""
     all_t = np.asarray([t for r in rounds for t in r], np.float64)
     per_round = [items_per_call * len(r) / sum(r) for r in rounds if r]
     return {
         "calls": int(all_t.size),
-        "items_per_call": int(items_per_call),
+        "items_per_call": items_per_call,
         "seconds": round(float(all_t.sum()), 4),
         "throughput": round(items_per_call * all_t.size / float(all_t.sum()), 3),
         "throughput_per_round": [round(x, 3) for x in per_round],

@@ -1,6 +1,6 @@
 """End to end: ZTF alert packets -> scores, against the model alone and against a Kowalski-style per-alert loop.
 
-    python benchmarks/end_to_end.py             # >= 20,000 alerts through the pipeline at batch 256 (+64, 1024)
+    python benchmarks/end_to_end.py             # >= 20,000 alerts through the pipeline at batch 64 (+256, 1024)
     python benchmarks/end_to_end.py --quick     # smoke run (< 1-2 min)
 
 Three things are measured in the same process, in interleaved rounds (common.interleave), on the same packets:
@@ -29,6 +29,7 @@ import io
 import os
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -41,11 +42,14 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke mode: a few hundred alerts, batch 64 only (checks structure, not speed).")
-flags.DEFINE_integer("batch_size", 256, "Main batch size (score_paths' default); gets --num_alerts alerts.")
+flags.DEFINE_integer("batch_size", 64, "Main batch size (the fastest on a 2-core CPU, see benchmarks/README.md); "
+                     "gets --num_alerts alerts.")
 flags.DEFINE_integer("num_alerts", 20_000, "Alerts through the pipeline at the main batch size (over all rounds).")
-flags.DEFINE_list("extra_batch_sizes", ["64", "1024"], "More batch sizes for the figure, --extra_alerts each.")
+flags.DEFINE_list("extra_batch_sizes", ["256", "1024"], "More batch sizes (256: btsbot-score's default), "
+                  "--extra_alerts each.")
 flags.DEFINE_integer("extra_alerts", 4096, "Alerts through the pipeline at each extra batch size.")
-flags.DEFINE_integer("kowalski_alerts", 1500, "Alerts through the Kowalski-style loop (over all rounds).")
+flags.DEFINE_integer("kowalski_alerts", 1200, "Alerts through the Kowalski-style loop at the main batch size (over "
+                     "all rounds; a third of that at each extra batch size).")
 flags.DEFINE_integer("rounds", 4, "Interleaved rounds.")
 flags.DEFINE_string("checkpoint", None, "Model directory (default: v1.0.1 imported from ../shared/data, else fresh).")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON and PNG go.")
@@ -120,9 +124,13 @@ def kowalski_triplet(record: dict) -> np.ndarray:
 class KowalskiLoop:
     """One alert at a time, as the broker does: fastavro.reader, astropy stamps, features, TF batch of 1."""
 
+    STAGES = ("read", "stamps", "features", "model")
+
     def __init__(self, packets, tf_fn, tf):
         self.packets, self.fn, self.tf = packets, tf_fn, tf
         self.i = 0
+        self.seconds = dict.fromkeys(self.STAGES, 0.0)  # time per stage, for the breakdown in the JSON
+        self.alerts = 0
 
     def score_packet(self, data: bytes) -> list[float]:
         import fastavro
@@ -130,16 +138,31 @@ class KowalskiLoop:
         from btsbot_jax.features import metadata_from_record
 
         out = []
-        for rec in fastavro.reader(io.BytesIO(data)):
+        clock, sec = time.perf_counter, self.seconds
+        t0 = clock()
+        records = list(fastavro.reader(io.BytesIO(data)))
+        sec["read"] += clock() - t0
+        for rec in records:
+            self.alerts += 1
             try:
+                t0 = clock()
                 t = kowalski_triplet(rec)
+                t1 = clock()
                 m = metadata_from_record(rec)
+                t2 = clock()
+                sec["stamps"] += t1 - t0
+                sec["features"] += t2 - t1
             except Exception:  # Kowalski logs and skips an alert it cannot prepare
                 out.append(float("nan"))
                 continue
             res = self.fn(triplet=self.tf.constant(t[None]), metadata=self.tf.constant(m[None]))
             out.append(float(res["fc_out"].numpy()[0, 0]))
+            sec["model"] += clock() - t2
         return out
+
+    def breakdown(self) -> dict[str, float]:
+        """Milliseconds per alert in each stage, over every alert this loop has scored."""
+        return {k: round(1e3 * v / max(self.alerts, 1), 3) for k, v in self.seconds.items()}
 
     def run(self, n: int) -> int:
         done = 0
@@ -180,12 +203,21 @@ def _main(argv):
         scorer.warmup()
 
         # Prepared arrays of one pass over the corpus, for model_only and for the agreement check.
+        t0 = time.perf_counter()
         one_pass = list(UniqueStream(packets).take(sum(1 for _, d in packets for _ in _records(d))))
+        t1 = time.perf_counter()
         prepared = prepare_batch(one_pass)
+        t2 = time.perf_counter()
         n_good = len(prepared)
         common.log(f"one pass: {len(one_pass)} records, {n_good} preparable, {len(prepared.rejected)} rejected "
                    f"({sorted({r.kind for r in prepared.rejected})})")
+        t3 = time.perf_counter()
         ours_one_pass = scorer(prepared.triplets, prepared.metadata)
+        t4 = time.perf_counter()
+        # serial cost of each stage of our pipeline on one pass (ms per alert; the pipeline overlaps them)
+        stages = {"decode_avro": (t1 - t0), "cutouts_and_features": (t2 - t1), "model": (t4 - t3)}
+        stages = {k: round(1e3 * v / len(one_pass), 3) for k, v in stages.items()}
+        common.log(f"pipeline stages, serial, ms per alert: {stages}")
 
         kow = None
         skipped = {}
@@ -233,8 +265,8 @@ def _main(argv):
                     scorer(t_rep[i:i + bs], m_rep[i:i + bs])
 
             cases = {"pipeline": pipeline, "model_only": model_only}
-            kow_per_call = -(-n_kow // rounds)
-            if kow is not None and bs == main_bs:
+            kow_per_call = -(-(n_kow if bs == main_bs else n_kow // 3) // rounds)
+            if kow is not None:  # in every batch size's rounds, so each ratio is measured under the same drift
                 cases["kowalski"] = lambda n=kow_per_call: kow.run(n)
             common.log(f"batch {bs}: {rounds} rounds; per call: pipeline {per_call} alerts, model_only "
                        f"{len(t_rep)}" + (f", kowalski {kow_per_call}" if "kowalski" in cases else ""))
@@ -277,6 +309,8 @@ def _main(argv):
         "results": {str(k): v for k, v in results.items()},
         "ratios": {str(k): v for k, v in ratios.items()},
         "kowalski_agreement": agreement,
+        "stage_ms_per_alert": {"pipeline_serial_one_pass": stages,
+                               "kowalski": kow.breakdown() if kow is not None else None},
         "skipped": skipped,
         "targets": targets,
     }

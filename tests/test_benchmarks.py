@@ -60,9 +60,11 @@ def test_inference_quick(tmp_path):
     assert {"jax", "jax_raw"} <= set(r["runtimes"])
     assert r["model"]["flops_per_alert"] == common.mm_cnn_flops()
     assert r["compute_limit"]["alerts_per_s"] > 0
+    assert set(r["best_fraction_of_compute_limit"]) == set(r["runtimes"])
     for b in ("1", "64"):
         for name in r["runtimes"]:
             _check_summary(r["results"][b][name], int(b))
+        _check_summary(r["results"][b]["compute_limit"], 2 * 1024**3 / common.mm_cnn_flops())
         # every float32 runtime scores the benchmark inputs like the reference (a fast wrong model is no result)
         diffs = r["max_abs_score_difference_vs_reference"][b]
         assert set(diffs) == set(r["runtimes"]) and max(diffs.values()) < 1e-4, diffs
@@ -86,6 +88,8 @@ def test_end_to_end_quick(tmp_path):
     acc = r["pipeline_accounting"]["64"]
     assert acc["records"] == 256 == acc["scored"] + acc["rejected"] + acc["duplicates"]
     assert acc["duplicates"] == 0  # every copy got fresh candids
+    assert set(r["stage_ms_per_alert"]["pipeline_serial_one_pass"]) == {"decode_avro", "cutouts_and_features",
+                                                                        "model"}
     if ZTF_ALERTS.exists():
         assert "real ZTF" in r["corpus"]["description"] and r["corpus"]["packets"] >= 36
     if V101_SAVED_MODEL.exists():
@@ -93,6 +97,7 @@ def test_end_to_end_quick(tmp_path):
         agree = r["kowalski_agreement"]
         assert agree["alerts_compared"] >= 60 and agree["max_abs_difference"] < 1e-4
         assert agree["scored_by_one_only"] == 0
+        assert set(r["stage_ms_per_alert"]["kowalski"]) == {"read", "stamps", "features", "model"}
         assert {t["target"] for t in r["targets"]} == {"end-to-end >= 0.8x model-only",
                                                        "end-to-end >= 3x the Kowalski-style per-alert loop"}
 
