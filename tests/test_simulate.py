@@ -241,7 +241,7 @@ def test_light_curve_models():
 # ------------------------------------------------------------------------------------------- with real data
 def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):
     """The realism check: the published v1.0.1 model (trained only on real ZTF) scores the simulated training
-    set; its ROC AUC against the simulated labels is the figure reported in docs/simulation.md."""
+    set; its ROC AUC against the simulated labels is the figure reported in the README (simulated survey, realism)."""
     from sklearn.metrics import roc_auc_score
 
     from btsbot_jax.scorer import load_scorer
