@@ -313,3 +313,22 @@ def plot_throughput(path: str | os.PathLike, series: Mapping[str, tuple[Sequence
 
 def log(msg: str) -> None:
     print(msg, flush=True)
+
+
+def make_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Alert-like inputs: L2-normalised noise cutouts (the scale of real ones, no denormals) and metadata from the
+    39 real labelled alerts where present (so the BatchNorm branch sees real magnitudes), else around them."""
+    rng = np.random.default_rng(seed)
+    t = np.abs(rng.normal(size=(n, 63, 63, 3))).astype(np.float32)
+    t /= np.sqrt((t**2).sum(axis=(1, 2), keepdims=True))
+    csv = SHARED_DATA / "btsbot_examples" / "usage_candidates.csv"
+    if csv.exists():
+        import pandas as pd
+
+        from btsbot_jax.dataset import metadata_matrix
+
+        real = metadata_matrix(pd.read_csv(csv))
+        m = real[rng.integers(0, len(real), n)]
+    else:
+        m = rng.normal(size=(n, 25)).astype(np.float32) * 10
+    return np.ascontiguousarray(t), np.ascontiguousarray(m, dtype=np.float32)

@@ -55,25 +55,6 @@ CEILING = "compute_limit"
 TARGET_BATCHES = (1, 64, 512)
 
 
-def make_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Alert-like inputs: L2-normalised noise cutouts (the scale of real ones, no denormals) and metadata from the
-    39 real labelled alerts where present (so the BatchNorm branch sees real magnitudes), else around them."""
-    rng = np.random.default_rng(seed)
-    t = np.abs(rng.normal(size=(n, 63, 63, 3))).astype(np.float32)
-    t /= np.sqrt((t**2).sum(axis=(1, 2), keepdims=True))
-    csv = common.SHARED_DATA / "btsbot_examples" / "usage_candidates.csv"
-    if csv.exists():
-        import pandas as pd
-
-        from btsbot_jax.dataset import metadata_matrix
-
-        real = metadata_matrix(pd.read_csv(csv))
-        m = real[rng.integers(0, len(real), n)]
-    else:
-        m = rng.normal(size=(n, 25)).astype(np.float32) * 10
-    return np.ascontiguousarray(t), np.ascontiguousarray(m, dtype=np.float32)
-
-
 def build_runtimes(wanted, mdir: Path, workdir: Path, buckets):
     """{name: scorer-like or factory}, {name: reason it is unavailable}."""
     import jax
@@ -198,7 +179,7 @@ def _main(argv):
 
         results, ratios, agreement = {}, {}, {}
         for b in batches:
-            t, m = make_inputs(b, seed=b)
+            t, m = common.make_inputs(b, seed=b)
             made = {r: make_call(r, ready[r], t, m) for r in names}
             calls = {r: c for r, (c, _) in made.items()}
             calls[CEILING] = ceiling_call

@@ -1,8 +1,8 @@
 """Where the time goes: per-HLO-op time of the scorer's forward pass or of the trainer's step, from a jax.profiler
 trace (the evidence behind the explanations in benchmarks/README.md).
 
-    python benchmarks/profile_ops.py --what=train --batch=64            # btsbot_jax.train's step as compiled
-    python benchmarks/profile_ops.py --what=train --no_ynn               # same, YNNPACK fusions off (Eigen convs)
+    python benchmarks/profile_ops.py --what=train --batch=64            # the train step with XLA's default options
+    python benchmarks/profile_ops.py --what=train --no_ynn               # YNNPACK fusions off: as btsbot-train runs it
     python benchmarks/profile_ops.py --what=inference --batch=256
 
 Prints each op's time per call (summed over XLA's worker threads, so the total exceeds the wall time on a multi-core
@@ -97,8 +97,8 @@ def _main(argv):
         mdef, state = train.create_train_state(cfg.model, tx, seed=0)
         y = (rng.random(bs) < 0.3).astype(np.int32)
         batch = {"triplet": jax.device_put(t), "metadata": jax.device_put(m), "label": jax.device_put(y)}
-        step = train.make_train_step(mdef, tx, np.ones(2, np.float32))
-        compiled = step.lower(state, batch, mdef.rng_state).compile(compiler_options=opts)
+        step = train.make_train_step(mdef, tx, np.ones(2, np.float32), cpu_compiler_options=opts or {})
+        compiled = step.lower(state, batch, mdef.rng_state).compile()
         holder = {"s": state}
 
         def fn():

@@ -14,8 +14,8 @@ calls alternate between the frameworks (common.interleave) so drift cancels in t
   keras_fit       keras.Model.fit(..., batch_size=64, epochs=1) on the same samples; compile() with Keras'
                   defaults (jit_compile="auto": XLA where the model allows it, the path a Keras user gets)
   keras_fit_xla   (--keras_xla) the same with jit_compile=True (TF through XLA)
-  jax_train_step_eigen_conv  (CPU only) the same jitted step compiled with CPU_TRAIN_COMPILER_OPTIONS (YNNPACK
-                  fusions off): how the trainer could compile its step on a CPU (see benchmarks/README.md)
+  jax_train_step_ynnpack  (CPU only) the same step compiled with XLA:CPU's default options (YNNPACK fusions on),
+                  which btsbot-train avoids on CPU (train.CPU_TRAIN_COMPILER_OPTIONS; see benchmarks/README.md)
 
 The input pipeline (tf.data, augmentation) is left out on both sides: this measures the step itself.
 """
@@ -41,31 +41,17 @@ flags.DEFINE_integer("batch_size", 64, "Training batch size (the paper's 64).")
 flags.DEFINE_integer("steps_per_call", 8, "Optimiser steps per timed call.")
 flags.DEFINE_integer("rounds", 3, "Interleaved rounds.")
 flags.DEFINE_bool("keras_xla", False, "Also measure Keras fit with jit_compile=True (XLA).")
-flags.DEFINE_bool("cpu_tuned", True, "On CPU (not in --quick), also measure the train step compiled with "
-                  "CPU_TRAIN_COMPILER_OPTIONS.")
-
-# XLA:CPU compile options for a training step: no YNNPACK fusions, so convolutions and their gradients use Eigen.
-CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+flags.DEFINE_bool("cpu_ynnpack", True, "On CPU (not in --quick), also measure the train step compiled with "
+                  "XLA's default options (YNNPACK fusions on).")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON and PNG go.")
 flags.DEFINE_string("tag", None, "File name stem (default training_<backend>[_quick]).")
 
 
 def make_data(n: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    t = np.abs(rng.normal(size=(n, 63, 63, 3))).astype(np.float32)
-    t /= np.sqrt((t**2).sum(axis=(1, 2), keepdims=True))
-    csv = common.SHARED_DATA / "btsbot_examples" / "usage_candidates.csv"
-    if csv.exists():
-        import pandas as pd
-
-        from btsbot_jax.dataset import metadata_matrix
-
-        real = metadata_matrix(pd.read_csv(csv))
-        m = real[rng.integers(0, len(real), n)]
-    else:
-        m = (rng.normal(size=(n, 25)) * 10).astype(np.float32)
+    t, m = common.make_inputs(n, seed)
+    rng = np.random.default_rng(seed + 1)
     y = (rng.random(n) < 0.3).astype(np.int32)  # imbalanced like the training set, so class weights matter
-    return t, np.ascontiguousarray(m, np.float32), y
+    return t, m, y
 
 
 def build_keras(cfg, jit_compile, weights):
@@ -139,27 +125,25 @@ def _main(argv):
     jax_call(batches[:1])  # compile + one step
     compile_jax = time.perf_counter() - t0
 
-    # the same step compiled with XLA:CPU's YNNPACK fusions off, so convolutions and their gradients run on
-    # XLA's Eigen kernels: YNNPACK computes a kernel gradient (a convolution whose window is the whole 63x63
-    # image) 3-6x slower than Eigen, and those gradients were ~75% of the step (see benchmarks/README.md)
+    # for comparison on CPU: the same step compiled with XLA:CPU's defaults (YNNPACK fusions on), which the trainer
+    # avoids: YNNPACK computes a kernel gradient (a convolution whose window is the whole 63x63 image) 3-6x slower
+    # than Eigen, and those gradients were ~75% of the step (see train.CPU_TRAIN_COMPILER_OPTIONS)
     tuned = None
-    if jax.default_backend() == "cpu" and FLAGS.cpu_tuned and not quick:
+    if jax.default_backend() == "cpu" and FLAGS.cpu_ynnpack and not quick:
         mdef2, state2 = train.create_train_state(cfg.model, tx, seed=0)
         state2 = train.replicate(state2, mesh)
-        step2 = train.make_train_step(mdef2, tx, weights, mesh)
-        t0 = time.perf_counter()
-        compiled2 = step2.lower(state2, train.shard_batch(batches[0], mesh), mdef2.rng_state).compile(
-            compiler_options=CPU_TRAIN_COMPILER_OPTIONS)
+        step2 = train.make_train_step(mdef2, tx, weights, mesh, cpu_compiler_options={})
         holder2 = {"state": state2}
 
         def tuned_call(batches=batches):
             s = holder2["state"]
             for b in batches:
-                s, metrics = compiled2(s, train.shard_batch(b, mesh), mdef2.rng_state)
+                s, metrics = step2(s, train.shard_batch(b, mesh), mdef2.rng_state)
             jax.block_until_ready(metrics["loss"])
             holder2["state"] = s
             return float(metrics["loss"])
 
+        t0 = time.perf_counter()
         tuned_call(batches[:1])
         tuned = (tuned_call, round(time.perf_counter() - t0, 2))
 
@@ -176,8 +160,8 @@ def _main(argv):
     cases = {"jax_train_step": jax_call}
     compile_s = {"jax_train_step": round(compile_jax, 2)}
     if tuned is not None:
-        cases["jax_train_step_eigen_conv"] = tuned[0]
-        compile_s["jax_train_step_eigen_conv"] = tuned[1]
+        cases["jax_train_step_ynnpack"] = tuned[0]
+        compile_s["jax_train_step_ynnpack"] = tuned[1]
     for name, km in keras_models.items():
         def fit(km=km, n=n):
             h = km.fit([t[:n], m[:n]], yk[:n], batch_size=bs, epochs=1, shuffle=False, class_weight=class_weight,
@@ -195,17 +179,10 @@ def _main(argv):
     raw = common.interleave(cases, rounds=rounds, slice_seconds=0.0, min_calls=1, warmup=0, log=common.log)
     results = {k: common.summarize(v, n) for k, v in raw.items()}
     ratios = {k: common.ratio(results["jax_train_step"], results[k]) for k in results if k != "jax_train_step"}
-    if "jax_train_step_eigen_conv" in results:
-        ratios["eigen_conv_vs_keras_fit"] = common.ratio(results["jax_train_step_eigen_conv"], results["keras_fit"])
     info = common.finish_machine_info(info)
     flops_fwd = common.mm_cnn_flops()
     targets = [{"target": "training >= 1.5x Keras fit", "threshold": 1.5, "ratio": ratios["keras_fit"]["ratio"],
                 "per_round_min": ratios["keras_fit"]["per_round_min"], "met": ratios["keras_fit"]["ratio"] >= 1.5}]
-    if "eigen_conv_vs_keras_fit" in ratios:
-        r = ratios["eigen_conv_vs_keras_fit"]
-        targets.append({"target": "training >= 1.5x Keras fit (train step compiled with YNNPACK fusions off)",
-                        "threshold": 1.5, "ratio": r["ratio"], "per_round_min": r["per_round_min"],
-                        "met": r["ratio"] >= 1.5})
     report = {
         "benchmark": "training",
         "machine": info,

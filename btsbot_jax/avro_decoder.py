@@ -39,19 +39,6 @@ def _read_long(b: bytes, p: int) -> tuple[int, int]:
             raise ValueError("varint too long")
 
 
-def _read_str(b: bytes, p: int) -> tuple[str, int]:
-    x = b[p]
-    if x < 128:
-        n = (x >> 1) ^ -(x & 1)
-        p += 1
-    else:
-        n, p = _read_long(b, p)
-    e = p + n
-    if n < 0 or e > len(b):
-        raise EOFError("string runs past the end of the data")
-    return b[p:e].decode("utf-8"), e
-
-
 def _read_bytes(b: bytes, p: int) -> tuple[bytes, int]:
     x = b[p]
     if x < 128:
@@ -61,8 +48,13 @@ def _read_bytes(b: bytes, p: int) -> tuple[bytes, int]:
         n, p = _read_long(b, p)
     e = p + n
     if n < 0 or e > len(b):
-        raise EOFError("bytes run past the end of the data")
+        raise EOFError("bytes or string run past the end of the data")
     return b[p:e], e
+
+
+def _read_str(b: bytes, p: int) -> tuple[str, int]:
+    v, p = _read_bytes(b, p)
+    return v.decode("utf-8"), p
 
 
 def _skip_long(b: bytes, p: int) -> int:

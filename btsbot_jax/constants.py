@@ -10,6 +10,8 @@ METADATA_COLUMNS = (
     "ncovhist", "nnotdet", "chinr", "sharpnr", "scorr", "sky", "maxmag_so_far",
 )
 NUM_METADATA = len(METADATA_COLUMNS)
+# The 6 of them computed from the light curve (spec section 2); the other 19 are `candidate` fields.
+CUSTOM_FEATURES = ("age", "days_since_peak", "days_to_peak", "peakmag_so_far", "maxmag_so_far", "nnotdet")
 
 # The published training CSVs spell `drb` as `new_drb`; Kowalski spells `nnotdet` as `nnondet`.
 COLUMN_ALIASES = {"new_drb": "drb", "nnondet": "nnotdet"}

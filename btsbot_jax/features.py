@@ -32,11 +32,10 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax.alerts import RawAlert
-from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS, NUM_METADATA, PAD_VALUE
+from btsbot_jax.constants import CUSTOM_FEATURES, IMAGE_SIZE, METADATA_COLUMNS, NUM_METADATA, PAD_VALUE
 from btsbot_jax.stamps import StampError, read_stamp
 
 CUTOUT_FIELDS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")  # channel order of the triplet
-CUSTOM_FEATURES = ("age", "days_since_peak", "days_to_peak", "peakmag_so_far", "maxmag_so_far", "nnotdet")
 CANDIDATE_FEATURES = tuple(c for c in METADATA_COLUMNS if c not in CUSTOM_FEATURES)  # the 19 straight ones
 INFO_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "source")
 _CAND_INDEX = [METADATA_COLUMNS.index(c) for c in CANDIDATE_FEATURES]

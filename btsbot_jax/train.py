@@ -145,11 +145,21 @@ def make_mesh(devices=None) -> Mesh:
     return Mesh(np.asarray(devices), ("data",))
 
 
-def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, mesh: Mesh | None = None):
+# XLA:CPU compile options for the training step: YNNPACK fusions off, so convolutions and their gradients run on
+# XLA's Eigen kernels. YNNPACK computes a kernel gradient (a convolution whose window is the whole 63x63 image) 3-6x
+# slower than Eigen, and those gradients are ~75% of the step: with the default the step is ~3x slower on CPU
+# (benchmarks/training.py measures both; benchmarks/profile_ops.py shows the op times). Inference keeps YNNPACK.
+CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, mesh: Mesh | None = None,
+                    cpu_compiler_options: dict | None = None):
     """Jitted `train_step(state, batch, rng_state) -> (state, metrics)`; the state argument is donated.
 
     `batch` is a dict of global arrays {triplet, metadata, label} sharded along 'data' (see `shard_batch`).
-    `metrics` holds the batch's weighted loss and its number of correct predictions at score > 0.5."""
+    `metrics` holds the batch's weighted loss and its number of correct predictions at score > 0.5.
+    On CPU the step is compiled with `cpu_compiler_options` (default CPU_TRAIN_COMPILER_OPTIONS; {} = XLA's
+    defaults); other backends use XLA's defaults."""
     w = jnp.asarray(weights, jnp.float32)
 
     def train_step(state: TrainState, batch, rng_state):
@@ -172,11 +182,16 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, m
         new = state.replace(step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state)
         return new, {"loss": loss, "correct": correct}
 
+    platform = (mesh.devices.flat[0] if mesh is not None else jax.devices()[0]).platform
+    opts = None
+    if platform == "cpu":
+        opts = dict(CPU_TRAIN_COMPILER_OPTIONS if cpu_compiler_options is None else cpu_compiler_options) or None
     if mesh is None:
-        return jax.jit(train_step, donate_argnums=0)
+        return jax.jit(train_step, donate_argnums=0, compiler_options=opts)
     repl = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    return jax.jit(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0)
+    return jax.jit(train_step, in_shardings=(repl, data, repl), out_shardings=(repl, repl), donate_argnums=0,
+                   compiler_options=opts)
 
 
 def make_eval_step(mdef: ModelDef, mesh: Mesh | None = None):
@@ -548,6 +563,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     mngr.close()
     return summary
+
+
+def config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
+    """`get_config()` of a config file such as experiments/configs/prod.py: how one config file builds on another
+    (config files are loaded by path, as `--config=FILE` does, not imported as a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"btsbot_config_{Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
 
 
 def default_config() -> ml_collections.ConfigDict:

@@ -7,19 +7,13 @@ Same recipe as prod.py (loss, class weights, Adam betas, augmentation, plateau, 
 image branch and a short schedule, so that it fits the demo's time budget; prod.py is the paper's model.
 """
 
-import importlib.util
 from pathlib import Path
 
-
-def _prod():
-    spec = importlib.util.spec_from_file_location("btsbot_config_prod", Path(__file__).with_name("prod.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from btsbot_jax.train import config_from_file
 
 
 def get_config():
-    config = _prod().get_config()
+    config = config_from_file(Path(__file__).with_name("prod.py"))
     config.data_dir = "demo_out/sim"  # where `make demo` simulates the survey
     config.data_version = ""  # whatever version / N_max the folder holds
     config.data_n_max = 0

@@ -4,21 +4,14 @@ Dense(1), trained with the production recipe of prod.py.
     btsbot-train --config=experiments/configs/um_nn.py --workdir=runs/um_nn --config.data_dir=DIR
 """
 
-import importlib.util
 from pathlib import Path
 
 from btsbot_jax.models import default_model_config
-
-
-def _prod():
-    spec = importlib.util.spec_from_file_location("btsbot_config_prod", Path(__file__).with_name("prod.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from btsbot_jax.train import config_from_file
 
 
 def get_config():
-    config = _prod().get_config()
+    config = config_from_file(Path(__file__).with_name("prod.py"))
     config.model = default_model_config("um_nn")
     config.model_version = "v10-jax-um_nn"
     return config
