@@ -14,6 +14,8 @@ import sys
 
 from absl import app, flags
 
+from btsbot_jax.cli import run
+
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model dir, training workdir (uses best/) or export dir to score --data.")
 flags.DEFINE_string("data", None, "Training-set format directory, or comma-separated {split}_cand_*_N*.csv files.")
@@ -79,9 +81,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flag_as_required("out")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_main)
+    run(_main, required=["out"])
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ CKPT is a model directory or a training workdir (its best/ checkpoint). Every ex
 model before it is written; the measured max difference is printed and recorded in DIR/model_card.json.
 """
 
-import os
 import sys
 
 from absl import app, flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model directory (model_card.json + state/) or training workdir.")
@@ -36,9 +37,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flags_as_required(["checkpoint", "out"])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_main)
+    run(_main, required=["checkpoint", "out"])
 
 
 if __name__ == "__main__":

@@ -1,9 +1,10 @@
 """`btsbot-import-keras --saved_model=DIR --out=CKPT_DIR`: Keras BTSbot weights -> btsbot-jax model directory."""
 
-import os
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("saved_model", None, "Keras SavedModel directory of a BTSbot mm_cnn (e.g. v1.0.1).")
@@ -25,9 +26,7 @@ def _main(argv):
 
 
 def main():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    flags.mark_flags_as_required(["saved_model", "out"])
-    app.run(_main)
+    run(_main, required=["saved_model", "out"])
 
 
 if __name__ == "__main__":

@@ -5,10 +5,11 @@ Applies the paper's cleaning cuts, the 81/9/10 split by source and the N_max rul
 """
 
 import json
-import os
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("candidates", None, "Per-alert table (.csv or .parquet), one row per alert, same order as "
@@ -53,9 +54,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flags_as_required(["candidates", "triplets", "out"])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_main)
+    run(_main, required=["candidates", "triplets", "out"])
 
 
 if __name__ == "__main__":

@@ -7,11 +7,12 @@ is still scored and written), 2 for bad arguments or an unusable checkpoint.
 """
 
 import json
-import os
 import sys
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model directory (btsbot-import-keras output) or training workdir.")
@@ -79,9 +80,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flags_as_required(["checkpoint", "input", "output"])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(lambda argv: sys.exit(_main(argv)))
+    run(lambda argv: sys.exit(_main(argv)), required=["checkpoint", "input", "output"])
 
 
 if __name__ == "__main__":

@@ -16,11 +16,12 @@ With `--skip_generation` these read an existing DIR instead of simulating again.
 """
 
 import json
-import os
 import time
 from pathlib import Path
 
-from absl import app, flags
+from absl import flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_sources", 1000, "Number of sources (about 45 alerts each on average).")
@@ -110,9 +111,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flags_as_required(["out"])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_main)
+    run(_main, required=["out"])
 
 
 if __name__ == "__main__":

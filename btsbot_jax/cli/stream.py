@@ -11,11 +11,12 @@ Exit status: 0 stopped cleanly, 1 delivery/commit failure (nothing committed pas
 
 import json
 import logging
-import os
 import signal
 import sys
 
-from absl import app, flags
+from absl import flags
+
+from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bootstrap_servers", None, "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
@@ -100,9 +101,7 @@ def _main(argv):
 
 
 def main():
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    flags.mark_flags_as_required(["bootstrap_servers", "topics", "group_id", "checkpoint"])
-    app.run(_main)
+    run(_main, required=["bootstrap_servers", "topics", "group_id", "checkpoint"])
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ import os
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from btsbot_jax.cli import run
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Training config file (e.g. experiments/configs/prod.py).",
                                 lock_config=True)
@@ -26,9 +28,6 @@ flags.DEFINE_integer("process_id", None, "This process's index for multi-host tr
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    if not FLAGS["verbosity"].present:
-        # orbax logs every checkpoint step at INFO; keep the console to the per-epoch lines (--verbosity=0: all)
-        logging.set_verbosity(logging.WARNING)
     import jax
 
     if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
@@ -48,9 +47,7 @@ def _main(argv):
 
 
 def main():
-    flags.mark_flags_as_required(["config", "workdir"])
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    app.run(_main)
+    run(_main, required=["config", "workdir"])
 
 
 if __name__ == "__main__":
