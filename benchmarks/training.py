@@ -106,46 +106,34 @@ def _main(argv):
 
     # ours: the trainer's step on a 1-D data mesh, batches put on the devices one by one as the trainer does
     tx = train.make_optimizer(cfg)
-    mdef, state = train.create_train_state(cfg.model, tx, seed=0)
     mesh = train.make_mesh()
-    state = train.replicate(state, mesh)
-    step_fn = train.make_train_step(mdef, tx, weights, mesh)
     batches = [{"triplet": t[i:i + bs], "metadata": m[i:i + bs], "label": y[i:i + bs]} for i in range(0, n, bs)]
-    holder = {"state": state}
 
-    def jax_call(batches=batches):
-        s = holder["state"]
-        for b in batches:
-            s, metrics = step_fn(s, train.shard_batch(b, mesh), mdef.rng_state)
-        jax.block_until_ready(metrics["loss"])
-        holder["state"] = s
-        return float(metrics["loss"])
+    def jax_case(**step_kwargs):
+        """(call running the steps on `batches`, seconds of the first call: compile + one step)."""
+        mdef, state = train.create_train_state(cfg.model, tx, seed=0)
+        holder = {"state": train.replicate(state, mesh)}
+        step_fn = train.make_train_step(mdef, tx, weights, mesh, **step_kwargs)
 
-    t0 = time.perf_counter()
-    jax_call(batches[:1])  # compile + one step
-    compile_jax = time.perf_counter() - t0
+        def call(batches=batches):
+            s = holder["state"]
+            for b in batches:
+                s, metrics = step_fn(s, train.shard_batch(b, mesh), mdef.rng_state)
+            jax.block_until_ready(metrics["loss"])
+            holder["state"] = s
+            return float(metrics["loss"])
 
+        t0 = time.perf_counter()
+        call(batches[:1])
+        return call, round(time.perf_counter() - t0, 2)
+
+    jax_call, compile_jax = jax_case()
     # for comparison on CPU: the same step compiled with XLA:CPU's defaults (YNNPACK fusions on), which the trainer
     # avoids: YNNPACK computes a kernel gradient (a convolution whose window is the whole 63x63 image) 3-6x slower
     # than Eigen, and those gradients were ~75% of the step (see train.CPU_TRAIN_COMPILER_OPTIONS)
     tuned = None
     if jax.default_backend() == "cpu" and FLAGS.cpu_ynnpack and not quick:
-        mdef2, state2 = train.create_train_state(cfg.model, tx, seed=0)
-        state2 = train.replicate(state2, mesh)
-        step2 = train.make_train_step(mdef2, tx, weights, mesh, cpu_compiler_options={})
-        holder2 = {"state": state2}
-
-        def tuned_call(batches=batches):
-            s = holder2["state"]
-            for b in batches:
-                s, metrics = step2(s, train.shard_batch(b, mesh), mdef2.rng_state)
-            jax.block_until_ready(metrics["loss"])
-            holder2["state"] = s
-            return float(metrics["loss"])
-
-        t0 = time.perf_counter()
-        tuned_call(batches[:1])
-        tuned = (tuned_call, round(time.perf_counter() - t0, 2))
+        tuned = jax_case(cpu_compiler_options={})
 
     # Keras 3 on TensorFlow
     import keras
@@ -158,7 +146,7 @@ def _main(argv):
     n_ours = sum(count_parameters(create_model(cfg.model)))
     yk = y.astype(np.float32)[:, None]
     cases = {"jax_train_step": jax_call}
-    compile_s = {"jax_train_step": round(compile_jax, 2)}
+    compile_s = {"jax_train_step": compile_jax}
     if tuned is not None:
         cases["jax_train_step_ynnpack"] = tuned[0]
         compile_s["jax_train_step_ynnpack"] = tuned[1]
