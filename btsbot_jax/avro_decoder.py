@@ -240,8 +240,10 @@ class _Compiler:
             a(f"{ind}while b[p] >= 128: p += 1")
             a(f"{ind}p += 1")
         elif t in ("string", "bytes"):
+            # lengths < 64 take one varint byte, < 8192 two (e.g. ZTF's ~70-character file names): both inline
             a(f"{ind}x = b[p]")
             a(f"{ind}if x < 128 and not x & 1: p += 1 + (x >> 1)")
+            a(f"{ind}elif x >= 128 and b[p + 1] < 128 and not x & 1: p += 2 + (((x & 127) | (b[p + 1] << 7)) >> 1)")
             a(f"{ind}else: p = _skip_bytes(b, p)")
         elif t in ("record", "error"):
             for f in schema["fields"]:
