@@ -444,7 +444,7 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
         del images, sci, ref, diff
 
     n = len(rows)
-    triplets = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)  # every row is written below
+    triplets = np.empty((n, IMAGE_SIZE, IMAGE_SIZE, 3), np.float32)  # every kept row is written below
     keep = np.ones(n, bool)
     if full_rows:
         k = len(full_rows)
@@ -464,7 +464,6 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
             triplets[r] = triplet_from_images(images)
         except AlertError as e:
             keep[r] = False
-            triplets[r] = PAD_VALUE
             rr = rows[r]
             rejected.append(Rejected(rr[5], f"{_name(rr[5], rr[0], rr[1])}: {e}", rr[0], rr[1], _kind(str(e))))
 

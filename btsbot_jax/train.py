@@ -147,8 +147,9 @@ def make_mesh(devices=None) -> Mesh:
 
 # XLA:CPU compile options for the training step: YNNPACK fusions off, so convolutions and their gradients run on
 # XLA's Eigen kernels. YNNPACK computes a kernel gradient (a convolution whose window is the whole 63x63 image) 3-6x
-# slower than Eigen, and those gradients are ~75% of the step: with the default the step is ~3x slower on CPU
-# (benchmarks/training.py measures both; benchmarks/profile_ops.py shows the op times). Inference keeps YNNPACK.
+# slower than Eigen, and those gradients were 68% of the step's op time: with the default the step measured 4.8x
+# slower on CPU (benchmarks/training.py measures both; benchmarks/profile_ops.py shows the op times). Inference
+# keeps YNNPACK, which is faster there.
 CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 

@@ -64,14 +64,10 @@ def _main(argv):
         print(f"btsbot-stream: error: {e}", file=sys.stderr)
         return 2
 
-    from absl import logging as absl_logging
-
     from btsbot_jax.checkpoint import CheckpointError
     from btsbot_jax.scorer import load_scorer
 
-    if absl_logging.get_verbosity() <= absl_logging.INFO:  # keep orbax/jax chatter out, our INFO lines in
-        absl_logging.set_verbosity(absl_logging.WARNING)
-        log.setLevel(logging.INFO)
+    log.setLevel(logging.INFO)  # our progress lines stay on while `cli.run` keeps the libraries' INFO chatter off
     try:
         scorer = load_scorer(FLAGS.checkpoint)
     except (CheckpointError, FileNotFoundError, ValueError) as e:
