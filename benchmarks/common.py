@@ -173,11 +173,11 @@ def model_dir(workdir: Path, checkpoint: str | None = None) -> tuple[Path, str]:
     if checkpoint:
         return Path(checkpoint), f"checkpoint {checkpoint}"
     if V101_SAVED_MODEL.exists():
-        from btsbot_jax.importer import import_keras
+        from btsbot_jax.inference.import_keras import import_keras
 
         return Path(import_keras(V101_SAVED_MODEL, workdir / "v101")), "v1.0.1 imported from ../shared/data"
-    from btsbot_jax.checkpoint import make_model_card, save_model
     from btsbot_jax.models import create_model, default_model_config
+    from btsbot_jax.models.model_dir import make_model_card, save_model
 
     cfg = default_model_config()
     d = workdir / "fresh"
@@ -325,7 +325,7 @@ def make_inputs(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     if csv.exists():
         import pandas as pd
 
-        from btsbot_jax.dataset import metadata_matrix
+        from btsbot_jax.data.training_set import metadata_matrix
 
         real = metadata_matrix(pd.read_csv(csv))
         m = real[rng.integers(0, len(real), n)]

@@ -36,10 +36,10 @@ import fastavro  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import app, flags  # noqa: E402
 
-from btsbot_jax import stamps  # noqa: E402
-from btsbot_jax.alerts import SCORING_PROJECTION, decode_avro_bytes  # noqa: E402
 from btsbot_jax.constants import METADATA_COLUMNS  # noqa: E402
-from btsbot_jax.features import prepare_batch  # noqa: E402
+from btsbot_jax.ingest import stamps  # noqa: E402
+from btsbot_jax.ingest.features import prepare_batch  # noqa: E402
+from btsbot_jax.ingest.readers import SCORING_PROJECTION, decode_avro_bytes  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(os.environ.get("BTSBOT_SHARED", REPO.parent / "shared")) / "data"

@@ -5,9 +5,9 @@
 
 Three things are measured in the same process, in interleaved rounds (common.interleave), on the same packets:
 
-  pipeline    btsbot_jax.score.score_alerts, the library behind `btsbot-score` and the stream: decode the avro
-              bytes (btsbot_jax.alerts.decode_avro_bytes, scoring projection), cutouts + 25 features
-              (btsbot_jax.features.prepare_batch), batches, the JAX scorer, the scores table and the
+  pipeline    btsbot_jax.serve.batch.score_alerts, the library behind `btsbot-score` and the stream: decode the avro
+              bytes (btsbot_jax.ingest.readers.decode_avro_bytes, scoring projection), cutouts + 25 features
+              (btsbot_jax.ingest.features.prepare_batch), batches, the JAX scorer, the scores table and the
               nothing-lost bookkeeping. Decoding the next batch overlaps with the model scoring the previous one.
   model_only  the same scorer on the already-prepared arrays of those alerts, same batch size.
   kowalski    what the Kowalski broker does per alert: fastavro.reader on the packet bytes, gzip + astropy.io.fits
@@ -80,7 +80,7 @@ class UniqueStream:
         self.next_candid = 1
 
     def take(self, n: int):
-        from btsbot_jax.alerts import SCORING_PROJECTION, decode_avro_bytes
+        from btsbot_jax.ingest.readers import SCORING_PROJECTION, decode_avro_bytes
 
         produced = 0
         while produced < n:
@@ -135,7 +135,7 @@ class KowalskiLoop:
     def score_packet(self, data: bytes) -> list[float]:
         import fastavro
 
-        from btsbot_jax.features import metadata_from_record
+        from btsbot_jax.ingest.features import metadata_from_record
 
         out = []
         clock, sec = time.perf_counter, self.seconds
@@ -177,9 +177,9 @@ def _main(argv):
     del argv
     import jax
 
-    from btsbot_jax.features import prepare_batch
-    from btsbot_jax.score import score_alerts
-    from btsbot_jax.scorer import DEFAULT_BUCKETS, load_scorer
+    from btsbot_jax.inference.scorer import DEFAULT_BUCKETS, load_scorer
+    from btsbot_jax.ingest.features import prepare_batch
+    from btsbot_jax.serve.batch import score_alerts
 
     quick = FLAGS.quick
     main_bs = 64 if quick else FLAGS.batch_size

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 from absl import app, flags
 
-from btsbot_jax.evaluate import evaluate_scores, summary_lines, write_report
-from btsbot_jax.policies import BTS_P1, BTS_P2, group_alerts, select
+from btsbot_jax.evaluation.policies import BTS_P1, BTS_P2, group_alerts, select
+from btsbot_jax.evaluation.report import evaluate_scores, summary_lines, write_report
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_alerts", 1_000_000, "Alerts in the synthetic scores table.")

@@ -5,10 +5,10 @@
     python benchmarks/inference.py --bf16         # also JAX with bfloat16 compute
 
 Runtimes (each skipped with a printed reason where it cannot run here):
-  jax          btsbot_jax.scorer.load_scorer: the public path (input validation, numpy in/out, bucket padding)
+  jax          btsbot_jax.inference.scorer.load_scorer: the public path (input validation, numpy in/out, bucket padding)
   jax_raw      the same jitted function called on device-resident arrays of exactly the batch size: the model alone
   jax_bf16     (--bf16) the scorer computing in bfloat16
-  stablehlo    the `btsbot-export` StableHLO artifact run by plain jax (btsbot_jax.runtimes)
+  stablehlo    the `btsbot-export` StableHLO artifact run by plain jax (btsbot_jax.inference.runtimes)
   onnx         onnxruntime on the exported ONNX graph (what BOOM runs)
   tf_export    our exported TF SavedModel (plain TF ops; what Kowalski could swap in)
   tf_v101      the published v1.0.1 Keras SavedModel, `signatures['serving_default']`: exactly what Kowalski calls.
@@ -59,8 +59,8 @@ def build_runtimes(wanted, mdir: Path, workdir: Path, buckets):
     """{name: scorer-like or factory}, {name: reason it is unavailable}."""
     import jax
 
-    from btsbot_jax.checkpoint import load_model
-    from btsbot_jax.scorer import Scorer, load_scorer
+    from btsbot_jax.inference.scorer import Scorer, load_scorer
+    from btsbot_jax.models.model_dir import load_model
 
     ready, skipped = {}, {}
     if "jax" in wanted or "jax_raw" in wanted:
@@ -73,11 +73,11 @@ def build_runtimes(wanted, mdir: Path, workdir: Path, buckets):
             skipped["jax_bf16"] = f"this Scorer has no compute_dtype option ({e})"
     export_wanted = [r for r in ("stablehlo", "onnx", "tf_export") if r in wanted]
     try:
-        from btsbot_jax.export import export_model
+        from btsbot_jax.inference.export import export_model
     except ImportError as e:
         export_model = None
         for r in export_wanted:
-            skipped[r] = f"btsbot_jax.export is not importable: {e}"
+            skipped[r] = f"btsbot_jax.inference.export is not importable: {e}"
     platform = {"gpu": "cuda"}.get(jax.default_backend(), jax.default_backend())
     for r in export_wanted if export_model is not None else ():
         fmt = {"tf_export": "savedmodel"}.get(r, r)
@@ -153,7 +153,7 @@ def _main(argv):
         raise app.UsageError(f"unknown runtime(s) {sorted(unknown)}; choose from {ALL_RUNTIMES}")
     if quick:  # the smoke test checks the structure; exporting three formats would dominate its time
         wanted = [r for r in wanted if r not in ("tf_export", "tf_v101_xla")]
-    from btsbot_jax.scorer import DEFAULT_BUCKETS
+    from btsbot_jax.inference.scorer import DEFAULT_BUCKETS
 
     buckets = tuple(sorted(set(DEFAULT_BUCKETS) | set(batches)))  # every measured size is a compiled bucket
     info = common.machine_info()

@@ -90,9 +90,9 @@ def _main(argv):
     t = (rng.random((bs, 63, 63, 3), dtype=np.float32) * 0.02)
     m = rng.normal(size=(bs, 25)).astype(np.float32)
     if FLAGS.what == "train":
-        from btsbot_jax import train
-
-        cfg = train.default_config()
+        from btsbot_jax.configs import default
+        from btsbot_jax.training import train
+        cfg = default.get_config()
         tx = train.make_optimizer(cfg)
         mdef, state = train.create_train_state(cfg.model, tx, seed=0)
         y = (rng.random(bs) < 0.3).astype(np.int32)
@@ -106,7 +106,7 @@ def _main(argv):
             jax.block_until_ready(metrics["loss"])
     else:
         with tempfile.TemporaryDirectory(prefix="btsbot-prof-") as tmp:
-            from btsbot_jax.scorer import load_scorer
+            from btsbot_jax.inference.scorer import load_scorer
 
             mdir, _ = common.model_dir(Path(tmp))
             scorer = load_scorer(mdir)

@@ -57,8 +57,8 @@ def packet_values(limit: int | None = None) -> tuple[list[bytes], str]:
 def make_model(checkpoint: str | None, tmp: Path) -> Path:
     if checkpoint:
         return Path(checkpoint)
-    from btsbot_jax.checkpoint import make_model_card, save_model
     from btsbot_jax.models import create_model, default_model_config
+    from btsbot_jax.models.model_dir import make_model_card, save_model
 
     cfg = default_model_config("mm_cnn")  # speed does not depend on the weights
     return save_model(create_model(cfg, 0), tmp / "model", make_model_card(cfg, version="burst-benchmark"))
@@ -187,10 +187,10 @@ def burst(args, values: list[bytes], model: Path, bootstrap: str) -> dict:
 
 def offline_rates(values: list[bytes], model: Path, batch: int, seconds: float) -> dict:
     """Alerts/s of the same steps without Kafka, in this process: decode+prepare, model, both (interleaved)."""
-    from btsbot_jax.alerts import SCORING_PROJECTION, decode_avro_bytes
-    from btsbot_jax.features import prepare_batch
-    from btsbot_jax.scorer import load_scorer
-    from btsbot_jax.stream import warmup
+    from btsbot_jax.inference.scorer import load_scorer
+    from btsbot_jax.ingest.features import prepare_batch
+    from btsbot_jax.ingest.readers import SCORING_PROJECTION, decode_avro_bytes
+    from btsbot_jax.serve.stream import warmup
 
     scorer = load_scorer(model)
     warmup(scorer, batch)

@@ -9,7 +9,7 @@ on, BatchNorm in training mode, batch 64, on the same in-memory arrays (alert-li
 real alerts where present, random labels). Each call of a framework runs `--steps_per_call` optimiser steps;
 calls alternate between the frameworks (common.interleave) so drift cancels in the ratio.
 
-  jax_train_step  btsbot_jax.train.make_train_step: the step `btsbot-train` runs (jit, donated state, data
+  jax_train_step  btsbot_jax.training.train.make_train_step: the step `btsbot-train` runs (jit, donated state, data
                   sharded over a 1-D mesh of all devices), fed batch by batch from host memory like the trainer
   keras_fit       keras.Model.fit(..., batch_size=64, epochs=1) on the same samples; compile() with Keras'
                   defaults (jit_compile="auto": XLA where the model allows it, the path a Keras user gets)
@@ -89,8 +89,8 @@ def _main(argv):
     del argv
     import jax
 
-    from btsbot_jax import train
     from btsbot_jax.models import count_parameters, create_model
+    from btsbot_jax.training import train
 
     quick = FLAGS.quick
     bs = FLAGS.batch_size
@@ -99,7 +99,9 @@ def _main(argv):
     info = common.machine_info()
     common.log(f"training benchmark on {info['cpu_model']} ({info['cpu_cores_usable']} cores), "
                f"jax {info['jax_backend']}: {info['devices']}; load average {info['load_average_at_start']}")
-    cfg = train.default_config()
+    from btsbot_jax.configs import default
+
+    cfg = default.get_config()
     n = bs * steps
     t, m, y = make_data(n)
     weights = train.class_weights(y)

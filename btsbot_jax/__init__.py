@@ -6,13 +6,13 @@ The heavy entry points are imported lazily so `import btsbot_jax` stays cheap (n
 __version__ = "0.1.0"
 
 _LAZY = {
-    "import_keras": "btsbot_jax.importer",
-    "load_scorer": "btsbot_jax.scorer",
-    "Scorer": "btsbot_jax.scorer",
+    "import_keras": "btsbot_jax.inference.import_keras",
+    "load_scorer": "btsbot_jax.inference.scorer",
+    "Scorer": "btsbot_jax.inference.scorer",
     "create_model": "btsbot_jax.models",
     "default_model_config": "btsbot_jax.models",
-    "load_model": "btsbot_jax.checkpoint",
-    "save_model": "btsbot_jax.checkpoint",
+    "load_model": "btsbot_jax.models.model_dir",
+    "save_model": "btsbot_jax.models.model_dir",
 }
 
 

@@ -26,7 +26,7 @@ def run_ablation(config, workdir: str | os.PathLike, architectures, seeds) -> li
     from results import write_results
 
     from btsbot_jax.models import count_parameters, create_model
-    from btsbot_jax.train import train_and_evaluate
+    from btsbot_jax.training.train import train_and_evaluate
 
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)

@@ -99,7 +99,7 @@ def get_config():
 def run_search(config, workdir, num_trials: int, seed: int, metric: str) -> list[dict]:
     from results import write_results
 
-    from btsbot_jax.train import train_and_evaluate
+    from btsbot_jax.training.train import train_and_evaluate
 
     out = Path(workdir)
     out.mkdir(parents=True, exist_ok=True)

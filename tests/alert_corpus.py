@@ -160,7 +160,7 @@ def avro_bytes(schema: dict, records: list[dict], codec: str = "null", **writer_
 
 def record_offset(data: bytes) -> int:
     """Byte offset of the first record inside a one-block container (after the block's count and size)."""
-    from btsbot_jax.alerts import _parse_container_header, _read_long
+    from btsbot_jax.ingest.readers import _parse_container_header, _read_long
 
     _, _, pos = _parse_container_header(data)
     _, pos = _read_long(data, pos)

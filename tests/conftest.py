@@ -31,7 +31,7 @@ def require(path: Path) -> Path:
 def v101_checkpoint(tmp_path_factory) -> Path:
     """The published v1.0.1 weights imported into a btsbot-jax model directory (once per session)."""
     require(V101_SAVED_MODEL)
-    from btsbot_jax.importer import import_keras
+    from btsbot_jax.inference.import_keras import import_keras
 
     return import_keras(V101_SAVED_MODEL, tmp_path_factory.mktemp("v101") / "model")
 
@@ -58,7 +58,7 @@ def usage_examples():
     require(EXAMPLES)
     import pandas as pd
 
-    from btsbot_jax.dataset import metadata_matrix
+    from btsbot_jax.data.training_set import metadata_matrix
 
     table = pd.read_csv(EXAMPLES / "usage_candidates.csv")
     triplets = np.load(EXAMPLES / "usage_triplets.npy").astype(np.float32)

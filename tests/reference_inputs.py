@@ -4,7 +4,7 @@ np.nan_to_num, division by np.linalg.norm, np.pad with 1e-9), written plainly wi
 import numpy as np
 
 from btsbot_jax.constants import METADATA_COLUMNS, PAD_VALUE
-from btsbot_jax.stamps import read_stamp_astropy
+from btsbot_jax.ingest.stamps import read_stamp_astropy
 
 
 def reference_triplet(record) -> np.ndarray:

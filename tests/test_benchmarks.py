@@ -138,7 +138,7 @@ def test_interleave_alternates_and_rotates():
 
 
 def test_scorer_bucket_plan():
-    from btsbot_jax.scorer import DEFAULT_BUCKETS, _chunk_plans
+    from btsbot_jax.inference.scorer import DEFAULT_BUCKETS, _chunk_plans
 
     plans = _chunk_plans(DEFAULT_BUCKETS, call_rows=8)
     assert plans[512] == [256, 256]  # not one 1024 call with 512 rows of padding
@@ -150,9 +150,9 @@ def test_scorer_bucket_plan():
 
 def test_scorer_splits_like_padding(tmp_path):
     """512 rows scored as 2 x 256 equal the same rows scored one by one (padding or splitting must not matter)."""
-    from btsbot_jax.checkpoint import make_model_card, save_model
+    from btsbot_jax.inference.scorer import load_scorer
     from btsbot_jax.models import create_model, default_model_config
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.models.model_dir import make_model_card, save_model
 
     cfg = default_model_config()
     save_model(create_model(cfg, seed=1), tmp_path / "m", make_model_card(cfg, version="t"))

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from conftest import ZTF_ALERTS, ZTF_ALERTS_FINK, require
 
-from btsbot_jax.checkpoint import make_model_card, save_model
-from btsbot_jax.export import (
+from btsbot_jax.inference.export import (
     CHOICES,
     ExportError,
     build_onnx,
@@ -21,9 +20,10 @@ from btsbot_jax.export import (
     probe_inputs,
     savedmodel_op_types,
 )
+from btsbot_jax.inference.runtimes import OnnxScorer, SavedModelScorer, StableHLOScorer
+from btsbot_jax.inference.scorer import load_scorer
 from btsbot_jax.models import create_model, default_model_config
-from btsbot_jax.runtimes import OnnxScorer, SavedModelScorer, StableHLOScorer
-from btsbot_jax.scorer import load_scorer
+from btsbot_jax.models.model_dir import make_model_card, save_model
 
 FORMATS = ("stablehlo", "onnx", "savedmodel")
 RUNTIME_CLASS = {"stablehlo": StableHLOScorer, "onnx": OnnxScorer, "savedmodel": SavedModelScorer}
@@ -57,8 +57,8 @@ def test_v101_exports_match_flax_on_real_alerts(v101_export, v101_checkpoint, us
 
 def test_v101_exports_match_flax_on_simulated_packets(v101_export, v101_checkpoint, tmp_path):
     """Mock ZTF packets from the simulator, through the same ingestion code as real ones."""
-    from btsbot_jax.alerts import iter_alerts
-    from btsbot_jax.features import prepare_batch
+    from btsbot_jax.ingest.features import prepare_batch
+    from btsbot_jax.ingest.readers import iter_alerts
     from btsbot_jax.sim.pipeline import SimConfig, simulate
 
     simulate(tmp_path / "sim", SimConfig(num_sources=12, seed=3, workers=1, training_set=False))
@@ -229,8 +229,8 @@ print(exp.platforms, exp.in_avals)
 
 
 def _real_packets():
-    from btsbot_jax.alerts import iter_alerts
-    from btsbot_jax.features import prepare_batch
+    from btsbot_jax.ingest.features import prepare_batch
+    from btsbot_jax.ingest.readers import iter_alerts
 
     alerts = [a for p in (require(ZTF_ALERTS), require(ZTF_ALERTS_FINK)) for a in iter_alerts(p)]
     prep = prepare_batch(alerts)
@@ -338,7 +338,7 @@ def test_export_of_an_export_and_existing_out_are_refused(small_model_dir, tmp_p
 
 
 def test_failed_parity_check_writes_nothing(small_model_dir, tmp_path, monkeypatch):
-    import btsbot_jax.export as export
+    import btsbot_jax.inference.export as export
 
     monkeypatch.setattr(export, "TOLERANCE", -1.0)  # nothing can pass
     with pytest.raises(ExportError, match="does not reproduce the Flax model"):

@@ -12,9 +12,8 @@ from alert_corpus import avro_bytes, blob, stamp_bytes, synthetic_packet, synthe
 from conftest import ZTF_ALERTS, ZTF_ALERTS_FINK, require
 from reference_inputs import reference_metadata, reference_triplet
 
-from btsbot_jax.alerts import SCORING_PROJECTION, RawAlert, iter_alerts
 from btsbot_jax.constants import METADATA_COLUMNS, PAD_VALUE
-from btsbot_jax.features import (
+from btsbot_jax.ingest.features import (
     CANDIDATE_FEATURES,
     CUSTOM_FEATURES,
     AlertError,
@@ -23,7 +22,8 @@ from btsbot_jax.features import (
     prepare_batch,
     triplet_from_record,
 )
-from btsbot_jax.stamps import read_stamp_astropy
+from btsbot_jax.ingest.readers import SCORING_PROJECTION, RawAlert, iter_alerts
+from btsbot_jax.ingest.stamps import read_stamp_astropy
 
 COL = {c: i for i, c in enumerate(METADATA_COLUMNS)}
 
@@ -281,7 +281,7 @@ def test_custom_feature_names_cover_the_model_columns():
 
 
 def test_fast_metadata_path_equals_field_by_field_path(monkeypatch, packet):
-    from btsbot_jax import features
+    from btsbot_jax.ingest import features
 
     records = [packet]
     if ZTF_ALERTS.exists():

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btsbot_jax.metrics import (
+from btsbot_jax.evaluation.metrics import (
     DEFAULT_BIN_EDGES,
     MetricsError,
     alert_metrics,
@@ -15,7 +15,7 @@ from btsbot_jax.metrics import (
     source_table,
     timeliness,
 )
-from btsbot_jax.policies import BTS_P1, BTS_P2, group_alerts
+from btsbot_jax.evaluation.policies import BTS_P1, BTS_P2, group_alerts
 
 J0 = 2460000.0
 

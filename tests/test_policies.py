@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from btsbot_jax import policies as P
-from btsbot_jax.policies import (
+from btsbot_jax.evaluation import policies as P
+from btsbot_jax.evaluation.policies import (
     BTS_P1,
     BTS_P2,
     Policy,

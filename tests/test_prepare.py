@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from btsbot_jax.constants import METADATA_COLUMNS
-from btsbot_jax.dataset import load_split
-from btsbot_jax.prepare import PrepareError, assign_splits, prepare_training_set, select_alerts
+from btsbot_jax.data.prepare import PrepareError, assign_splits, prepare_training_set, select_alerts
+from btsbot_jax.data.training_set import load_split
 
 
 def _alert(obj, sset, jd, *, isdiffpos="t", fid=1, sg1=0.5, sg2=0.5, mag=18.0, **extra):

@@ -7,10 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from btsbot_jax.checkpoint import load_model, make_model_card, save_model
-from btsbot_jax.export import export_model
-from btsbot_jax.models import create_model, default_model_config
-from btsbot_jax.runtimes import (
+from btsbot_jax.inference.export import export_model
+from btsbot_jax.inference.runtimes import (
     ExportFormatError,
     OnnxScorer,
     SavedModelScorer,
@@ -19,7 +17,9 @@ from btsbot_jax.runtimes import (
     load_exported,
     read_export_card,
 )
-from btsbot_jax.scorer import InputError, Scorer, load_scorer
+from btsbot_jax.inference.scorer import InputError, Scorer, load_scorer
+from btsbot_jax.models import create_model, default_model_config
+from btsbot_jax.models.model_dir import load_model, make_model_card, save_model
 
 FORMATS = ("stablehlo", "onnx", "savedmodel")
 
@@ -143,7 +143,7 @@ def test_stablehlo_for_another_platform_is_refused_here(exported, tmp_path):
     """An artifact lowered for CUDA only cannot run on this CPU: say so instead of failing inside XLA."""
     import jax
 
-    from btsbot_jax.export import ExportError, _export_stablehlo, _spec
+    from btsbot_jax.inference.export import ExportError, _export_stablehlo, _spec
 
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU refusal of a CUDA-only artifact")

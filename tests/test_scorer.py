@@ -6,9 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
-from btsbot_jax.checkpoint import CheckpointError, load_model, save_model
+from btsbot_jax.inference.scorer import DEFAULT_BUCKETS, InputError, load_scorer
 from btsbot_jax.models import create_model, default_model_config
-from btsbot_jax.scorer import DEFAULT_BUCKETS, InputError, load_scorer
+from btsbot_jax.models.model_dir import CheckpointError, load_model, save_model
 
 
 def test_v101_parity_with_expected_scores_and_tf(v101_checkpoint, usage_examples, tf_v101):
@@ -51,7 +51,7 @@ def test_any_batch_size_uses_fixed_buckets(v101_checkpoint, usage_examples):
 
 
 def test_save_load_roundtrip(tmp_path):
-    from btsbot_jax.checkpoint import make_model_card
+    from btsbot_jax.models.model_dir import make_model_card
 
     cfg = default_model_config("um_nn")
     cfg.meta_fc1_neurons = 16
@@ -67,7 +67,7 @@ def test_save_load_roundtrip(tmp_path):
 
 @pytest.fixture(scope="module")
 def small_scorer(tmp_path_factory):
-    from btsbot_jax.checkpoint import make_model_card
+    from btsbot_jax.models.model_dir import make_model_card
 
     cfg = default_model_config()
     d = tmp_path_factory.mktemp("m") / "model"
@@ -132,6 +132,6 @@ def test_input_checks_import_without_flax():
     import subprocess
     import sys
 
-    code = ("import sys; import btsbot_jax.inputs as i; "
+    code = ("import sys; import btsbot_jax.inference.validation as i; "
             "assert 'flax' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -17,10 +17,11 @@ import pandas as pd
 import pytest
 from conftest import DATA, EXAMPLES, ZTF_ALERTS, require
 
-from btsbot_jax.alerts import iter_alerts
 from btsbot_jax.constants import METADATA_COLUMNS
-from btsbot_jax.dataset import load_split
-from btsbot_jax.features import prepare_batch
+from btsbot_jax.data.training_set import load_split
+from btsbot_jax.ingest.features import prepare_batch
+from btsbot_jax.ingest.readers import iter_alerts
+from btsbot_jax.ingest.stamps import read_stamp
 from btsbot_jax.sim import lightcurves as lcs
 from btsbot_jax.sim import render
 from btsbot_jax.sim.generate import simulate_source
@@ -28,7 +29,6 @@ from btsbot_jax.sim.packets import AlertEncoder, container_bytes, sync_marker, w
 from btsbot_jax.sim.pipeline import SimConfig, simulate
 from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
 from btsbot_jax.sim.survey import make_nights
-from btsbot_jax.stamps import read_stamp
 
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 SEED = 5
@@ -244,7 +244,7 @@ def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):
     set; its ROC AUC against the simulated labels is the figure reported in the README (simulated survey, realism)."""
     from sklearn.metrics import roc_auc_score
 
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
 
     res, _ = run
     scorer = load_scorer(v101_checkpoint)

@@ -10,8 +10,8 @@ import pytest
 from alert_corpus import blob, fits_bytes, stamp_bytes
 from conftest import ZTF_ALERTS, ZTF_ALERTS_FINK, require
 
-from btsbot_jax import stamps
-from btsbot_jax.stamps import StampError, gunzip, parse_header, read_fits, read_stamp, read_stamp_astropy
+from btsbot_jax.ingest import stamps
+from btsbot_jax.ingest.stamps import StampError, gunzip, parse_header, read_fits, read_stamp, read_stamp_astropy
 
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
 

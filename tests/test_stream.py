@@ -31,7 +31,7 @@ import pytest
 from conftest import REPO, ZTF_ALERTS, ZTF_ALERTS_FINK
 from kafka_broker import BrokerUnavailable, start_broker
 
-from btsbot_jax.stream import (
+from btsbot_jax.serve.stream import (
     LatencyHistogram,
     StreamConfig,
     StreamScorer,
@@ -59,8 +59,8 @@ def broker(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    from btsbot_jax.checkpoint import make_model_card, save_model
     from btsbot_jax.models import create_model, default_model_config
+    from btsbot_jax.models.model_dir import make_model_card, save_model
 
     cfg = default_model_config("mm_cnn")
     return save_model(create_model(cfg, 0), tmp_path_factory.mktemp("stream_model") / "model",
@@ -69,7 +69,7 @@ def model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scorer(model_dir):
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
 
     s = load_scorer(model_dir)
     warmup(s, MAX_BATCH)
@@ -101,7 +101,7 @@ def packets(alert_files) -> list[Packet]:
     one-record avro containers with the ZTF 3.3 schema of a fink `local/` packet."""
     import fastavro
 
-    from btsbot_jax.alerts import iter_alerts
+    from btsbot_jax.ingest.readers import iter_alerts
 
     out: list[Packet] = []
     parquet = [f for f in alert_files if f.suffix == ".parquet"]
@@ -320,12 +320,12 @@ def test_latency_histogram_quantiles_match_numpy_within_a_bin():
 # ---------------------------------------------------------------------------------- (a) parity, real data
 @pytest.mark.slow
 def test_stream_scores_every_packet_like_btsbot_score(broker, scorer, alert_files, packets, tmp_path, caplog):
-    from btsbot_jax.score import score_paths
+    from btsbot_jax.serve.batch import score_paths
 
     # One message per record batch: tansu's ListOffsets (the lag's fallback before the first fetch) is then exact.
     where = produce(broker, "a_in", [p.value for p in packets], partitions=4, **{"batch.num.messages": 1})
     out = tmp_path / "scores.parquet"
-    caplog.set_level(logging.INFO, logger="btsbot_jax.stream")
+    caplog.set_level(logging.INFO, logger="btsbot_jax.serve.stream")
     summary = StreamScorer(scorer, config(broker, "a", output_path=str(out), max_alerts=len(packets))).run()
 
     results = read_topic(broker, "a_out")

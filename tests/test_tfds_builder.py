@@ -13,9 +13,9 @@ import synthetic_training  # noqa: E402
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from btsbot_jax import input_pipeline as ip  # noqa: E402
-from btsbot_jax import tfds_builder  # noqa: E402
-from btsbot_jax.dataset import load_split  # noqa: E402
+from btsbot_jax.data import pipeline as ip  # noqa: E402
+from btsbot_jax.data import tfds_builder  # noqa: E402
+from btsbot_jax.data.training_set import load_split  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -68,9 +68,10 @@ def test_random_access_source_matches_the_npy_reader(built):
 
 def test_training_config_switch(built):
     manual, data_dir, _ = built
-    from btsbot_jax.train import default_config, load_sources
+    from btsbot_jax.configs import default
+    from btsbot_jax.training.train import load_sources
 
-    c = default_config()
+    c = default.get_config()
     c.update(data_dir=str(manual), data_source="tfds", tfds_data_dir=str(data_dir))
     sources = load_sources(c)
     assert set(sources) == {"train", "val", "test"}

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from btsbot_jax import train as T
+from btsbot_jax.configs import default
+from btsbot_jax.training import train as T
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -29,7 +30,7 @@ TINY = ["--config.model.conv1_channels=4", "--config.model.conv2_channels=4", "-
 
 
 def tiny_config(data_dir, **kw):
-    c = T.default_config()
+    c = default.get_config()
     c.model.update(conv1_channels=4, conv2_channels=4, conv_kernel=3, meta_fc1_neurons=8, meta_fc2_neurons=8,
                    comb_fc_neurons=4)
     c.update(data_dir=str(data_dir), batch_size=32, eval_batch_size=96, learning_rate=3e-3, progress_bar=False,
@@ -216,9 +217,9 @@ def test_kill_9_then_resume_equals_uninterrupted_run(data_dir, tmp_path):
         np.testing.assert_array_equal(fr[k], ff[k], err_msg=k)
 
     # the workdir contract: metrics files, TensorBoard events, a best/ model that load_scorer reads
-    from btsbot_jax.checkpoint import read_model_card
-    from btsbot_jax.dataset import load_split
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.data.training_set import load_split
+    from btsbot_jax.inference.scorer import load_scorer
+    from btsbot_jax.models.model_dir import read_model_card
 
     wd = tmp_path / "ref"
     header = (wd / "metrics.csv").read_text().splitlines()[0].split(",")
@@ -246,7 +247,7 @@ _MULTI = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     import test_train as tt
-    from btsbot_jax import train as T
+    from btsbot_jax.training import train as T
     assert jax.device_count() == 4, jax.devices()
     c = tt.tiny_config({data!r})
     src = T.load_sources(c)["train"]
@@ -301,12 +302,9 @@ def test_four_devices_match_one_device(data_dir, tmp_path):
 
 
 def _load_config(name):
-    import importlib.util
+    from btsbot_jax import configs
 
-    spec = importlib.util.spec_from_file_location(f"cfg_{name}", REPO / "experiments" / "configs" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
+    return configs.get(name)
 
 
 def test_configs_follow_the_paper():
@@ -322,6 +320,13 @@ def test_configs_follow_the_paper():
         assert c.model.architecture == arch
         assert (c.beta1, c.beta2, c.class_weighting) == (prod.beta1, prod.beta2, "alerts")
     assert _load_config("demo").data_dir == "demo_out/sim"
+    # the experiments/configs/*.py paths of the README load the same configs
+    from ml_collections import config_flags
+
+    for name in ("prod", "demo", "um_cnn", "um_nn"):
+        path = str(REPO / "experiments/configs" / f"{name}.py")
+        by_path = config_flags.config_flags._LoadConfigModule(f"cfg_{name}", path)
+        assert by_path.get_config().to_dict() == _load_config(name).to_dict()
 
 
 def test_hparam_search_space_is_the_papers():

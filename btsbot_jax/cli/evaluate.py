@@ -27,7 +27,7 @@ flags.DEFINE_string("out", None, "Report directory (report.json, sources.csv, re
 flags.DEFINE_float("threshold", 0.5, "Alert-level decision: score > threshold.")
 flags.DEFINE_list("policies", ["bts_p1", "bts_p2"], "Source-level policies to evaluate (registered names).")
 flags.DEFINE_multi_string("policy_module", [], "Module name or .py file to import first; it registers extra "
-                                               "policies with btsbot_jax.policies.register_policy.")
+                                               "policies with btsbot_jax.evaluation.policies.register_policy.")
 flags.DEFINE_integer("min_alerts", 2, "Sources need at least this many alerts to be evaluated (spec: 2).")
 flags.DEFINE_string("training_metrics", None, "metrics.csv of a training run (default: the checkpoint's workdir).")
 flags.DEFINE_integer("batch_size", 4096, "Alerts read from the triplet memory map per scoring step.")
@@ -45,7 +45,8 @@ def _main(argv):
     if FLAGS.scores is not None and FLAGS.data:
         raise app.UsageError("--data is only used with --checkpoint")
 
-    from btsbot_jax.evaluate import (
+    from btsbot_jax.evaluation.policies import PolicyError, load_policy_module
+    from btsbot_jax.evaluation.report import (
         EvaluationError,
         evaluate_dataset,
         evaluate_scores,
@@ -53,7 +54,6 @@ def _main(argv):
         summary_lines,
         write_report,
     )
-    from btsbot_jax.policies import PolicyError, load_policy_module
 
     kwargs = dict(policies=FLAGS.policies, threshold=FLAGS.threshold, min_alerts=FLAGS.min_alerts)
     try:

@@ -21,7 +21,7 @@ flags.DEFINE_list("platforms", ["cpu", "cuda"], "StableHLO lowering platforms (c
 def _main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from btsbot_jax.export import ExportError, export_model
+    from btsbot_jax.inference.export import ExportError, export_model
 
     try:
         card = export_model(FLAGS.checkpoint, FLAGS.out, FLAGS.format, overwrite=FLAGS.overwrite,

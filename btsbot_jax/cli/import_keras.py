@@ -14,7 +14,7 @@ flags.DEFINE_string("model_version", "v1.0.1", "Version string written into the 
 
 def _main(argv):
     del argv
-    from btsbot_jax.importer import import_keras
+    from btsbot_jax.inference.import_keras import import_keras
 
     try:
         out = import_keras(FLAGS.saved_model, FLAGS.out, version=FLAGS.model_version)

@@ -36,7 +36,7 @@ def _main(argv):
     del argv
     import numpy as np
 
-    from btsbot_jax.prepare import PrepareError, prepare_training_set
+    from btsbot_jax.data.prepare import PrepareError, prepare_training_set
 
     try:
         table = _read_table(FLAGS.candidates)

@@ -37,9 +37,9 @@ def default_rejected_path(output: str) -> Path:
 
 def _main(argv):
     del argv
-    from btsbot_jax.checkpoint import CheckpointError
-    from btsbot_jax.score import check_table_path, format_summary, score_paths, write_table
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
+    from btsbot_jax.models.model_dir import CheckpointError
+    from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
 
     if FLAGS.shard_index >= FLAGS.num_shards:
         print(f"btsbot-score: --shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}",

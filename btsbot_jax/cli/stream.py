@@ -46,9 +46,9 @@ flags.DEFINE_multi_string("producer_config", [], "Extra librdkafka producer sett
 
 def _main(argv):
     del argv
-    from btsbot_jax.stream import StreamConfig, StreamError, StreamScorer, parse_config_pairs, warmup
+    from btsbot_jax.serve.stream import StreamConfig, StreamError, StreamScorer, parse_config_pairs, warmup
 
-    log = logging.getLogger("btsbot_jax.stream")
+    log = logging.getLogger("btsbot_jax.serve.stream")
     try:
         cfg = StreamConfig(
             bootstrap_servers=FLAGS.bootstrap_servers, topics=FLAGS.topics, group_id=FLAGS.group_id,
@@ -64,8 +64,8 @@ def _main(argv):
         print(f"btsbot-stream: error: {e}", file=sys.stderr)
         return 2
 
-    from btsbot_jax.checkpoint import CheckpointError
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
+    from btsbot_jax.models.model_dir import CheckpointError
 
     log.setLevel(logging.INFO)  # our progress lines stay on while `cli.run` keeps the libraries' INFO chatter off
     try:

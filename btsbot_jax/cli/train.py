@@ -16,7 +16,8 @@ from ml_collections import config_flags
 from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training config file (e.g. experiments/configs/prod.py).",
+config_flags.DEFINE_config_file("config", None,
+                                "Training config: a packaged name (prod, demo, um_cnn, um_nn) or a get_config() file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and best/.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
@@ -33,7 +34,7 @@ def _main(argv):
     if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
-    from btsbot_jax.train import train_and_evaluate
+    from btsbot_jax.training.train import train_and_evaluate
 
     logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
@@ -46,7 +47,24 @@ def _main(argv):
         print(f"best model: {os.path.join(summary['workdir'], 'best')}")
 
 
+def _packaged_config_paths(argv: list[str]) -> list[str]:
+    """`--config=prod` (a packaged config's name) -> the path of btsbot_jax/configs/prod.py; paths pass unchanged."""
+    from btsbot_jax import configs
+
+    out = []
+    for a in argv:
+        if a.startswith("--config="):
+            name, sep, arg = a[len("--config="):].partition(":")
+            if name in configs.NAMES and not os.path.exists(name):
+                a = f"--config={configs.CONFIG_DIR / (name + '.py')}{sep}{arg}"
+        out.append(a)
+    return out
+
+
 def main():
+    import sys
+
+    sys.argv = _packaged_config_paths(sys.argv)
     run(_main, required=["config", "workdir"])
 
 

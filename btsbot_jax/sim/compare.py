@@ -2,7 +2,7 @@
 
 Real packets come from ../shared/data (the 36 Kowalski test alerts, the 611 Fink test alerts, and the 39 labelled
 BTSbot examples with their published features); both sides go through the same ingestion code
-(`btsbot_jax.features.prepare_batch`), so the comparison is of what the model would see.
+(`btsbot_jax.ingest.features.prepare_batch`), so the comparison is of what the model would see.
 """
 
 from __future__ import annotations
@@ -22,9 +22,9 @@ QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 def real_packets(data_dir: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, list[dict]]:
     """Features (25 + isdiffpos/objectId/candid), triplets and raw cutouts of the real avro packets under data_dir
     (ztf_alerts/ and ztf_alerts_fink/), duplicates (same candid) dropped."""
-    from btsbot_jax.alerts import iter_alerts
-    from btsbot_jax.features import prepare_batch
-    from btsbot_jax.stamps import read_stamp
+    from btsbot_jax.ingest.features import prepare_batch
+    from btsbot_jax.ingest.readers import iter_alerts
+    from btsbot_jax.ingest.stamps import read_stamp
 
     d = Path(data_dir)
     paths = [p for p in (d / "ztf_alerts", d / "ztf_alerts_fink" / "fink-broker") if p.exists()]
@@ -136,8 +136,8 @@ def _sim_table(sim_dir: str | os.PathLike) -> pd.DataFrame:
 
 
 def _sim_cutouts(sim_dir: Path, rows: pd.DataFrame) -> list[dict]:
-    from btsbot_jax.alerts import iter_alerts
-    from btsbot_jax.stamps import read_stamp
+    from btsbot_jax.ingest.readers import iter_alerts
+    from btsbot_jax.ingest.stamps import read_stamp
 
     want = {int(c) for c in rows["candid"]}
     got = {}

@@ -1,7 +1,7 @@
 """Avro layout of the simulated packets: the ZTF alert schema's field names and types (a subset of schema 4.02:
 everything the BTSbot features, the evaluation and a human scanner use), and a deterministic container writer.
 
-Readers written for real ZTF packets (fastavro, Kowalski-style code, `btsbot_jax.alerts`) read these unchanged:
+Readers written for real ZTF packets (fastavro, Kowalski-style code, `btsbot_jax.ingest.readers`) read these unchanged:
 top level schemavsn/publisher/objectId/candid/candidate/prv_candidates/cutoutScience/cutoutTemplate/
 cutoutDifference; cutouts are {fileName, stampData = gzip-compressed FITS, big-endian float32}.
 """

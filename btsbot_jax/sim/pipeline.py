@@ -5,9 +5,9 @@ source draws from its own random streams (keyed by the run seed and the source i
 depend on how chunks are spread over processes, and the same seed gives byte-identical files.
 
 Per chunk, a worker simulates the sources, writes `alerts/sim_<chunk>.avro` (the alerts of the chunk in time
-order, ZTF layout), and runs the ingestion code that scores real packets (`btsbot_jax.features.prepare_batch`)
+order, ZTF layout), and runs the ingestion code that scores real packets (`btsbot_jax.ingest.features.prepare_batch`)
 on exactly the records in that file, so the training-set features are what `btsbot-score` computes on the
-packets. The main process then hands the per-alert table and the triplets to `btsbot_jax.prepare
+packets. The main process then hands the per-alert table and the triplets to `btsbot_jax.data.prepare
 .prepare_training_set` (cleaning cuts, split by source, N_max).
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS
-from btsbot_jax.features import prepare_batch
+from btsbot_jax.ingest.features import prepare_batch
 from btsbot_jax.sim.generate import simulate_source
 from btsbot_jax.sim.packets import AlertEncoder, container_parts, sync_marker
 from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
@@ -194,7 +194,7 @@ def _start_method() -> str:
 
 def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progress: bool = False) -> SimResult:
     """Run the mock survey into `out_dir` (created; existing simulator outputs there are replaced)."""
-    from btsbot_jax.prepare import prepare_training_set
+    from btsbot_jax.data.prepare import prepare_training_set
 
     cfg = config or SimConfig()
     if cfg.num_sources < 1:

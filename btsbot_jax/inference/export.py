@@ -22,11 +22,11 @@ Routes, and why (tried with jax 0.10.2, TF 2.21, onnx 1.23, onnxruntime 1.32):
   swaps in for v1.0.1 unchanged.
 
 Every export is verified before it is published: the artifact is loaded back with its runtime
-(`btsbot_jax.runtimes`) and scored against the Flax model on probe inputs (metadata drawn around the BatchNorm
+(`btsbot_jax.inference.runtimes`) and scored against the Flax model on probe inputs (metadata drawn around the BatchNorm
 statistics, so the probe lies where the model was trained); a max difference above TOLERANCE aborts the export
 and nothing is written. The measured difference is recorded in the export's model card. The directory is written
 under a temporary name and renamed at the end, so a failed export never leaves a half-written artifact.
-The layout of export directories is documented in `btsbot_jax.runtimes`.
+The layout of export directories is documented in `btsbot_jax.inference.runtimes`.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 
 from btsbot_jax import __version__
-from btsbot_jax.runtimes import (
+from btsbot_jax.inference.runtimes import (
     ALL_FORMAT,
     ARTIFACTS,
     DEFAULT_RUNTIME,
@@ -384,7 +384,13 @@ def _verify(fmt: str, out: Path, reference, probe) -> dict[str, Any]:
 
 
 def _load_source(checkpoint):
-    from btsbot_jax.checkpoint import CARD_FORMAT, CheckpointError, load_model, read_model_card, resolve_checkpoint
+    from btsbot_jax.models.model_dir import (
+        CARD_FORMAT,
+        CheckpointError,
+        load_model,
+        read_model_card,
+        resolve_checkpoint,
+    )
 
     try:
         model_dir = resolve_checkpoint(checkpoint)

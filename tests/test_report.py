@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from btsbot_jax.evaluate import (
+from btsbot_jax.evaluation.report import (
     EvaluationError,
     check_scores_table,
     evaluate_dataset,
@@ -46,7 +46,7 @@ def _png_ok(path):
 
 
 def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
 
     table, triplets, metadata = usage_examples
     scores = load_scorer(v101_checkpoint)(triplets, metadata)
@@ -151,7 +151,7 @@ def test_cli_dataset_mode_with_workdir_matches_scores_mode(tmp_path, v101_checkp
 
 def test_evaluate_dataset_in_process(tmp_path, v101_checkpoint, usage_examples):
     """Library entry point with a data file path and an explicit scorer object; writes without figures."""
-    from btsbot_jax.scorer import load_scorer
+    from btsbot_jax.inference.scorer import load_scorer
 
     data = _dataset_dir(tmp_path, usage_examples)
     ev = evaluate_dataset(load_scorer(v101_checkpoint), str(data / "test_cand_v10_N100.csv"), progress=False,
@@ -185,7 +185,7 @@ def test_cli_scores_mode_parquet_and_custom_policy(tmp_path):
     _scores_table().to_parquet(path)
     mod = tmp_path / "my_policies.py"
     mod.write_text(textwrap.dedent("""
-        from btsbot_jax.policies import group_cumsum, register_policy
+        from btsbot_jax.evaluation.policies import group_cumsum, register_policy
 
         @register_policy("any_positive", "one alert with score > 0.5")
         def any_positive(a):

@@ -17,9 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from btsbot_jax.checkpoint import load_model, read_model_card, resolve_checkpoint
 from btsbot_jax.constants import METADATA_COLUMNS
-from btsbot_jax.inputs import DEFAULT_BUCKETS, InputError, bucket_for, validate_inputs
+from btsbot_jax.inference.validation import DEFAULT_BUCKETS, InputError, bucket_for, validate_inputs
+from btsbot_jax.models.model_dir import load_model, read_model_card, resolve_checkpoint
 
 
 class Scorer:
@@ -108,10 +108,10 @@ def _chunk_plans(buckets: Sequence[int], call_rows: int) -> list[list[int]]:
 
 def load_scorer(checkpoint: str | os.PathLike, buckets: Sequence[int] = DEFAULT_BUCKETS, **kwargs) -> Scorer:
     """Scorer for a model directory or a training workdir (its best checkpoint). For an export directory
-    (btsbot-export) it returns the same interface over that format's runtime (btsbot_jax.runtimes)."""
+    (btsbot-export) it returns the same interface over that format's runtime (btsbot_jax.inference.runtimes)."""
     model_dir = resolve_checkpoint(checkpoint)
     card = read_model_card(model_dir)
-    from btsbot_jax import runtimes  # light module; each runtime is imported only by the scorer that uses it
+    from btsbot_jax.inference import runtimes  # light module; each runtime is imported only by the scorer that uses it
 
     if runtimes.is_export_card(card):
         return runtimes.load_exported(model_dir, buckets=buckets, **kwargs)

@@ -7,7 +7,7 @@ import itertools
 import numpy as np
 import pytest
 
-from btsbot_jax import input_pipeline as ip
+from btsbot_jax.data import pipeline as ip
 
 
 @pytest.fixture(scope="module")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 from sklearn import metrics as skm
 
-from btsbot_jax.policies import BRIGHT_LIMIT, GroupedAlerts, Policy, group_first_true, select
+from btsbot_jax.evaluation.policies import BRIGHT_LIMIT, GroupedAlerts, Policy, group_first_true, select
 
 DEFAULT_THRESHOLD = 0.5
 MIN_ALERTS = 2

@@ -13,10 +13,11 @@ from alert_corpus import build_corpus, real_packet, synthetic_packet, synthetic_
 from conftest import REPO, ZTF_ALERTS, ZTF_ALERTS_FINK, require
 from reference_inputs import reference_metadata, reference_triplet
 
-from btsbot_jax.alerts import iter_alerts
-from btsbot_jax.checkpoint import make_model_card, save_model
+from btsbot_jax.inference.scorer import load_scorer
+from btsbot_jax.ingest.readers import iter_alerts
 from btsbot_jax.models import create_model, default_model_config
-from btsbot_jax.score import (
+from btsbot_jax.models.model_dir import make_model_card, save_model
+from btsbot_jax.serve.batch import (
     REJECTED_COLUMNS,
     SCORE_COLUMNS,
     format_summary,
@@ -24,7 +25,6 @@ from btsbot_jax.score import (
     score_paths,
     write_table,
 )
-from btsbot_jax.scorer import load_scorer
 
 
 @pytest.fixture(scope="module")

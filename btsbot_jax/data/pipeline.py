@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from btsbot_jax.dataset import Split
+from btsbot_jax.data.training_set import Split
 
 # tf.data only prepares host-side batches; keep TF off any accelerator JAX is using.
 try:  # pragma: no cover - depends on the machine

@@ -1,7 +1,7 @@
 """ZTF alert packet -> the model's inputs: image triplet (63,63,3) and 25 metadata features (spec section 2).
 
 Triplet: channels science, reference (template), difference; each cutout gunzipped and read from FITS
-(`btsbot_jax.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
+(`btsbot_jax.ingest.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
 CCD), padded at the bottom/right with 1e-9 after normalising. The normalisation runs vectorised over all
 full-size cutouts of a batch, in float32 with the same BLAS dot as production's `np.linalg.norm`: the triplets are
 bit-identical to Kowalski's (tests check every real packet).
@@ -31,9 +31,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from btsbot_jax.alerts import RawAlert
 from btsbot_jax.constants import CUSTOM_FEATURES, IMAGE_SIZE, METADATA_COLUMNS, NUM_METADATA, PAD_VALUE
-from btsbot_jax.stamps import StampError, read_stamp
+from btsbot_jax.ingest.readers import RawAlert
+from btsbot_jax.ingest.stamps import StampError, read_stamp
 
 CUTOUT_FIELDS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")  # channel order of the triplet
 CANDIDATE_FEATURES = tuple(c for c in METADATA_COLUMNS if c not in CUSTOM_FEATURES)  # the 19 straight ones

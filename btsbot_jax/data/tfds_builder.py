@@ -3,7 +3,7 @@
 A user who downloads the BTS training set (Zenodo 10839690) or runs `btsbot-simulate` points TFDS at that folder::
 
     import tensorflow_datasets as tfds
-    from btsbot_jax import tfds_builder  # registers `btsbot_alerts`
+    from btsbot_jax.data import tfds_builder  # registers `btsbot_alerts`
     builder = tfds_builder.BtsbotAlerts(data_dir="~/tensorflow_datasets")
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir="path/to/files"))
     train = builder.as_data_source(split="train")  # random access: train[i] -> dict of numpy arrays
@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS, NUM_CHANNELS
-from btsbot_jax.dataset import SPLITS, DatasetError, load_split
+from btsbot_jax.data.training_set import SPLITS, DatasetError, load_split
 
 
 class BtsbotAlertsConfig(tfds.core.BuilderConfig):

@@ -40,11 +40,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from btsbot_jax import input_pipeline
-from btsbot_jax.checkpoint import make_model_card, save_model
-from btsbot_jax.models import create_model, default_model_config
+from btsbot_jax.data import pipeline as input_pipeline
+from btsbot_jax.models import create_model
+from btsbot_jax.models.model_dir import make_model_card, save_model
 
-log = logging.getLogger("btsbot_jax.train")
+log = logging.getLogger("btsbot_jax.training.train")
 
 # Dropout masks come from XLA's RngBitGenerator ("rbg"): with threefry, XLA:CPU spends ~10 s more compiling the
 # train step (measured 18 s vs 7 s for a small model), and rbg bits, like threefry's, do not depend on the sharding
@@ -323,7 +323,7 @@ def load_sources(config: ml_collections.ConfigDict) -> dict[str, Any]:
     n_max = config.get("data_n_max") or None
     source = config.get("data_source", "files")
     if source == "files":
-        from btsbot_jax.dataset import DatasetError, load_split
+        from btsbot_jax.data.training_set import DatasetError, load_split
 
         out = {}
         for split in ("train", "val", "test"):
@@ -335,7 +335,7 @@ def load_sources(config: ml_collections.ConfigDict) -> dict[str, Any]:
                 raise
         return out
     if source == "tfds":
-        from btsbot_jax import tfds_builder
+        from btsbot_jax.data import tfds_builder
 
         return tfds_builder.load_sources(config.data_dir, data_dir=config.get("tfds_data_dir") or None,
                                          version=version, n_max=n_max)
@@ -398,8 +398,8 @@ def _export_best(mdef: ModelDef, state: TrainState, rng_state, config, workdir: 
     model.eval()
     card = make_model_card(
         config.model, version=config.get("model_version", "dev"),
-        provenance={"trained_by": "btsbot_jax.train", "data_dir": str(config.data_dir), "seed": int(config.seed),
-                    **info},
+        provenance={"trained_by": "btsbot_jax.training.train", "data_dir": str(config.data_dir),
+                    "seed": int(config.seed), **info},
         training_config=json.loads(config.to_json_best_effort()),
     )
     return save_model(model, workdir / "best", card)
@@ -564,46 +564,3 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     mngr.close()
     return summary
-
-
-def config_from_file(path: str | os.PathLike) -> ml_collections.ConfigDict:
-    """`get_config()` of a config file such as experiments/configs/prod.py: how one config file builds on another
-    (config files are loaded by path, as `--config=FILE` does, not imported as a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location(f"btsbot_config_{Path(path).stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def default_config() -> ml_collections.ConfigDict:
-    """The paper's recipe (Tables 2 and 3); experiments/configs/*.py start from this."""
-    c = ml_collections.ConfigDict()
-    c.model = default_model_config("mm_cnn")
-    c.data_dir = ""
-    c.data_source = "files"  # 'files' (training-set format, memory-mapped) or 'tfds' (btsbot_alerts builder)
-    c.tfds_data_dir = ""
-    c.data_version = ""  # '' = the only version in data_dir
-    c.data_n_max = 0  # 0 = the only N_max in data_dir
-    c.batch_size = 64
-    c.eval_batch_size = 256
-    c.learning_rate = 1e-4
-    c.beta1 = 0.99
-    c.beta2 = 0.99
-    c.epsilon = 1e-7
-    c.num_epochs = 1000
-    c.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
-    c.class_weighting = "alerts"  # 'alerts' (the paper) or 'none'
-    c.reduce_lr_factor = 0.4
-    c.reduce_lr_patience = 20
-    c.reduce_lr_min_lr = 5e-10
-    c.reduce_lr_min_delta = 1e-4  # Keras default
-    c.early_stopping_patience = 75
-    c.early_stopping_min_delta = 0.0  # Keras default
-    c.augment = True
-    c.seed = 2
-    c.model_version = "dev"
-    c.evaluate_test = True
-    c.progress_bar = True
-    return c

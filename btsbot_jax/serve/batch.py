@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from btsbot_jax.alerts import SCORING_PROJECTION, AlertReadError, RawAlert, ReadStats, iter_alerts
-from btsbot_jax.features import Prepared, Rejected, prepare_batch
+from btsbot_jax.ingest.features import Prepared, Rejected, prepare_batch
+from btsbot_jax.ingest.readers import SCORING_PROJECTION, AlertReadError, RawAlert, ReadStats, iter_alerts
 
 SCORE_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "score", "model_version", "source")
 REJECTED_COLUMNS = ("candid", "objectId", "source", "reason", "kind")

@@ -2,7 +2,8 @@
 
 Input is one row per alert (objectId, jd, the candidate fields, the custom features) with the triplets in the same
 row order, and each source's set (`trues`, `vars`, `dims`, `rejects`), either as a `source_set` column or as a
-separate objectId -> set mapping. Output is what the BTS authors published and what `btsbot_jax.dataset.load_split`
+separate objectId -> set mapping. Output is what the BTS authors published and what
+`btsbot_jax.data.training_set.load_split`
 reads: `{split}_cand_{version}_N{n_max}.csv` + `{split}_triplets_{version}_N{n_max}.npy` per split.
 
 The steps, in the order of the original pipeline:
@@ -32,7 +33,7 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax.constants import IMAGE_SIZE, NUM_CHANNELS
-from btsbot_jax.dataset import SPLITS
+from btsbot_jax.data.training_set import SPLITS
 
 SOURCE_SETS = ("trues", "vars", "dims", "rejects")
 POSITIVE_SETS = ("trues",)

@@ -21,7 +21,7 @@ Pluggable: a policy is any function ``f(alerts: GroupedAlerts) -> np.ndarray[boo
 alert in sorted order, whether the policy holds at that alert using only that alert and the ones before it (the
 ``group_*`` helpers are causal by construction). Register it under a name::
 
-    from btsbot_jax.policies import register_policy, group_cumsum
+    from btsbot_jax.evaluation.policies import register_policy, group_cumsum
 
     @register_policy("three_bright", "3 alerts so far with score > 0.8 and magpsf < 18.5")
     def three_bright(a):

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from btsbot_jax.checkpoint import make_model_card, save_model
 from btsbot_jax.models import create_model, default_model_config
+from btsbot_jax.models.model_dir import make_model_card, save_model
 
 _PREFIX = "layer_with_weights-{}/{}/.ATTRIBUTES/VARIABLE_VALUE"
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import V101_SAVED_MODEL, require
 from flax import nnx
 
-from btsbot_jax.checkpoint import load_model
-from btsbot_jax.importer import import_keras, read_keras_weights
+from btsbot_jax.inference.import_keras import import_keras, read_keras_weights
+from btsbot_jax.models.model_dir import load_model
 
 
 def test_every_keras_variable_lands_unchanged(v101_checkpoint):

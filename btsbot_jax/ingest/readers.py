@@ -8,7 +8,7 @@ read at all raises `AlertReadError`.
 Avro: ZTF writes one small Object Container File per alert, each repeating the ~20 kB schema. fastavro's
 `reader` re-parses that schema for every file (~3-4 ms, more than decoding the alert itself), so this module walks
 the container framing itself (magic, metadata, sync-delimited blocks) and decodes each record with a decoder
-compiled once per schema text (`btsbot_jax.avro_decoder`; fastavro's `schemaless_reader` where a schema is beyond
+compiled once per schema text (`btsbot_jax.ingest.avro`; fastavro's `schemaless_reader` where a schema is beyond
 it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_alerts.py checks the records equal
 `fastavro.reader`'s on all real packets.
 
@@ -37,8 +37,8 @@ from typing import Any
 
 import fastavro
 
-from btsbot_jax.avro_decoder import SKIP, compile_decoder
 from btsbot_jax.constants import CUSTOM_FEATURES, METADATA_COLUMNS
+from btsbot_jax.ingest.avro import SKIP, compile_decoder
 
 AVRO_MAGIC = b"Obj\x01"
 PARQUET_MAGIC = b"PAR1"

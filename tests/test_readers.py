@@ -13,7 +13,8 @@ import pytest
 from alert_corpus import avro_bytes, record_offset, synthetic_packet, synthetic_schema
 from conftest import ZTF_ALERTS, ZTF_ALERTS_FINK, require
 
-from btsbot_jax.alerts import (
+from btsbot_jax.ingest.avro import SKIP, compile_decoder
+from btsbot_jax.ingest.readers import (
     SCORING_PROJECTION,
     AlertReadError,
     RawAlert,
@@ -22,7 +23,6 @@ from btsbot_jax.alerts import (
     iter_alerts,
     project,
 )
-from btsbot_jax.avro_decoder import SKIP, compile_decoder
 
 
 @pytest.fixture(scope="module")

@@ -1,11 +1,11 @@
 """Scorers over exported artifacts: StableHLO (jax), ONNX (onnxruntime), TF SavedModel (tensorflow).
 
 Each one is what a broker runs: it needs only the export directory and its runtime, never the Flax model code
-or an orbax checkpoint. They share the interface of `btsbot_jax.scorer.Scorer` (`scorer(triplets, metadata) ->
+or an orbax checkpoint. They share the interface of `btsbot_jax.inference.scorer.Scorer` (`scorer(triplets, metadata) ->
 float32 (N,)`, `.version`, `.card`, same input validation and `InputError`), so every command that takes
 `--checkpoint` can score with any runtime, and the benchmarks compare runtimes through one code path.
 
-Layout of an export directory (written by `btsbot_jax.export`)::
+Layout of an export directory (written by `btsbot_jax.inference.export`)::
 
     DIR/model_card.json    the source model card with `format` = one of EXPORT_FORMATS below, the artifact name,
                            the signature, where it was exported from, and the parity measured at export time
@@ -33,7 +33,7 @@ import numpy as np
 
 from btsbot_jax.constants import METADATA_COLUMNS
 
-MODEL_CARD = "model_card.json"  # same file name as an orbax model directory (btsbot_jax.checkpoint.MODEL_CARD)
+MODEL_CARD = "model_card.json"  # same file name as an orbax model directory (btsbot_jax.models.model_dir.MODEL_CARD)
 STABLEHLO_FORMAT = "btsbot-jax/stablehlo"
 ONNX_FORMAT = "btsbot-jax/onnx"
 SAVEDMODEL_FORMAT = "btsbot-jax/savedmodel"
@@ -93,7 +93,7 @@ class RuntimeScorer:
         self(np.zeros((1, z, z, 3), np.float32), np.zeros((1, len(self.metadata_columns)), np.float32))
 
     def __call__(self, triplets, metadata) -> np.ndarray:
-        from btsbot_jax.inputs import validate_inputs
+        from btsbot_jax.inference.validation import validate_inputs
 
         t, m = validate_inputs(
             triplets, metadata, image_size=self.image_size, num_metadata=len(self.metadata_columns),
@@ -120,7 +120,7 @@ class StableHLOScorer(RuntimeScorer):
     runtime = "stablehlo"
 
     def __init__(self, export_dir, card=None, buckets: Sequence[int] | None = None):
-        from btsbot_jax.inputs import DEFAULT_BUCKETS
+        from btsbot_jax.inference.validation import DEFAULT_BUCKETS
 
         self.buckets = tuple(sorted(buckets or DEFAULT_BUCKETS))
         super().__init__(export_dir, card, max_batch=self.buckets[-1])
@@ -147,7 +147,7 @@ class StableHLOScorer(RuntimeScorer):
             self._run(np.zeros((b, z, z, 3), np.float32), np.zeros((b, k), np.float32))
 
     def _run(self, t, m):
-        from btsbot_jax.inputs import bucket_for
+        from btsbot_jax.inference.validation import bucket_for
 
         k = t.shape[0]
         b = bucket_for(k, self.buckets)

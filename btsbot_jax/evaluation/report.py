@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax import __version__
-from btsbot_jax.metrics import (
+from btsbot_jax.evaluation.metrics import (
     DEFAULT_BIN_EDGES,
     DEFAULT_THRESHOLD,
     MIN_ALERTS,
@@ -42,7 +42,7 @@ from btsbot_jax.metrics import (
     policy_metrics,
     source_table,
 )
-from btsbot_jax.policies import BRIGHT_LIMIT, DEFAULT_POLICIES, Policy, group_alerts, resolve_policies
+from btsbot_jax.evaluation.policies import BRIGHT_LIMIT, DEFAULT_POLICIES, Policy, group_alerts, resolve_policies
 
 REQUIRED_COLUMNS = ("objectId", "jd", "magpsf", "score")
 OPTIONAL_COLUMNS = ("label", *TIMELINESS_REFERENCES)
@@ -267,7 +267,7 @@ def load_data(data: str | os.PathLike | Sequence[str | os.PathLike], split: str 
               version: str | None = None, n_max: int | None = None) -> list:
     """Splits to evaluate: a data directory (its ``split``), or ``{split}_cand_*_N*.csv`` file(s) (comma-separated
     or a list), each with its triplets file beside it."""
-    from btsbot_jax.dataset import load_split
+    from btsbot_jax.data.training_set import load_split
 
     items = [s for s in str(data).split(",") if s] if isinstance(data, (str, os.PathLike)) else list(data)
     if not items:
@@ -345,7 +345,7 @@ def evaluate_dataset(checkpoint, data, split: str = "test", *, version: str | No
     if callable(checkpoint) and not isinstance(checkpoint, (str, os.PathLike)):
         scorer, ckpt_path = checkpoint, None
     else:
-        from btsbot_jax.scorer import load_scorer
+        from btsbot_jax.inference.scorer import load_scorer
 
         scorer, ckpt_path = load_scorer(checkpoint), Path(checkpoint)
     t0 = time.perf_counter()

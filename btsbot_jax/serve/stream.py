@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-log = logging.getLogger("btsbot_jax.stream")
+log = logging.getLogger("btsbot_jax.serve.stream")
 
 # Consumer settings the scorer needs for its delivery guarantee; user overrides of these are refused.
 REQUIRED_CONSUMER_CONFIG = {"enable.auto.commit": False, "enable.auto.offset.store": False}
@@ -347,7 +347,7 @@ class _Batch:
 
 def _decode(decode_avro_bytes, value: bytes, src: str):
     """Decode with the scoring projection (light curves trimmed to what the features use) where available."""
-    from btsbot_jax import alerts
+    from btsbot_jax.ingest import readers as alerts
 
     projection = getattr(alerts, "SCORING_PROJECTION", None)
     if projection is None:
@@ -363,7 +363,8 @@ def _json_float(x) -> float | None:
 class StreamScorer:
     """The consume -> decode -> prepare -> score -> produce -> commit loop of one group member.
 
-    `scorer` is a `btsbot_jax.scorer.Scorer` (or any callable `(triplets, metadata) -> (N,)` with a `version`).
+    `scorer` is a `btsbot_jax.inference.scorer.Scorer` (or any callable `(triplets, metadata) -> (N,)` with a
+    `version`).
     `run()` returns the summary dict; `stop()` (thread- and signal-safe) finishes the current batch and exits.
     """
 
@@ -526,8 +527,8 @@ class StreamScorer:
 
     def _stage(self, msgs: Sequence) -> _Batch:
         """Decode and prepare (CPU, Python): runs while the previous batch is in the model."""
-        from btsbot_jax.alerts import decode_avro_bytes
-        from btsbot_jax.features import prepare_batch
+        from btsbot_jax.ingest.features import prepare_batch
+        from btsbot_jax.ingest.readers import decode_avro_bytes
 
         t0 = time.monotonic()
         if self.stats.first_message is None:
@@ -604,7 +605,7 @@ class StreamScorer:
 
     def _score(self, triplets, metadata) -> tuple[np.ndarray, np.ndarray]:
         """Scores and a mask of rows that could be scored. A bad row must not sink its batch-mates."""
-        from btsbot_jax.scorer import InputError
+        from btsbot_jax.inference.scorer import InputError
 
         n = len(triplets)
         try:

@@ -1,0 +1,40 @@
+"""The paper's recipe (Rehemtulla et al. 2024, Tables 2 and 3): the fields every training config has.
+
+Variants (`prod`, `demo`, `um_cnn`, `um_nn`, ...) import this or each other and change a few fields; any field can be
+overridden on the command line: `btsbot-train --config=prod --config.batch_size=32`.
+"""
+
+import ml_collections
+
+from btsbot_jax.models import default_model_config
+
+
+def get_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.model = default_model_config("mm_cnn")
+    c.data_dir = ""
+    c.data_source = "files"  # 'files' (training-set format, memory-mapped) or 'tfds' (btsbot_alerts builder)
+    c.tfds_data_dir = ""
+    c.data_version = ""  # '' = the only version in data_dir
+    c.data_n_max = 0  # 0 = the only N_max in data_dir
+    c.batch_size = 64
+    c.eval_batch_size = 256
+    c.learning_rate = 1e-4
+    c.beta1 = 0.99
+    c.beta2 = 0.99
+    c.epsilon = 1e-7
+    c.num_epochs = 1000
+    c.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
+    c.class_weighting = "alerts"  # 'alerts' (the paper) or 'none'
+    c.reduce_lr_factor = 0.4
+    c.reduce_lr_patience = 20
+    c.reduce_lr_min_lr = 5e-10
+    c.reduce_lr_min_delta = 1e-4  # Keras default
+    c.early_stopping_patience = 75
+    c.early_stopping_min_delta = 0.0  # Keras default
+    c.augment = True
+    c.seed = 2
+    c.model_version = "dev"
+    c.evaluate_test = True
+    c.progress_bar = True
+    return c

@@ -1,0 +1,1 @@
+"""Scores in, judgements out: alert-level metrics, source-level policies, the evaluation report and its figures."""
