@@ -30,7 +30,7 @@ V101_SAVED_MODEL = SHARED_DATA / "btsbot_v1.0.1" / "best_model"
 ZTF_ALERTS = SHARED_DATA / "ztf_alerts"
 ZTF_ALERTS_FINK = SHARED_DATA / "ztf_alerts_fink"
 
-# Alert stream rates (spec section 6), in alerts per second.
+# Alert stream rates (ZTF and Rubin/LSST published rates), in alerts per second.
 STREAM_RATES: tuple[tuple[str, float], ...] = (
     ("ZTF average (1e6 alerts / 10 h night)", 1e6 / (10 * 3600)),
     ("Rubin/LSST (10,000 alerts / 30 s visit)", 10_000 / 30),
@@ -127,7 +127,7 @@ def finish_machine_info(info: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- model
 def mm_cnn_flops(image_size: int = 63, c1: int = 32, c2: int = 64, k: int = 5, n_meta: int = 25,
                  meta1: int = 128, meta2: int = 128, comb: int = 8) -> int:
-    """Floating-point operations of one mm_cnn forward pass (a multiply-add counts 2), from spec section 3."""
+    """Floating-point operations of one mm_cnn forward pass (a multiply-add counts 2), from the paper's Table 2."""
     s1, s2 = image_size, image_size // 2
     convs = 2 * k * k * (s1 * s1 * (3 * c1 + c1 * c1) + s2 * s2 * (c1 * c2 + c2 * c2))
     flat = (s2 // 4) ** 2 * c2

@@ -3,7 +3,7 @@
     python benchmarks/training.py            # batch 64, 3 interleaved rounds of 8 steps per framework
     python benchmarks/training.py --quick    # smoke run (< 1-2 min)
 
-Both sides train `mm_cnn` exactly as spec section 3 (Keras: built from keras.layers; ours: btsbot_jax.models) with
+Both sides train `mm_cnn` exactly as Table 2 of the paper (Keras: built from keras.layers; ours: btsbot_jax.models) with
 the paper's optimiser (Adam 1e-4, beta1 0.99, beta2 0.99, eps 1e-7), class-weighted binary cross-entropy, dropout
 on, BatchNorm in training mode, batch 64, on the same in-memory arrays (alert-like random triplets, metadata of
 real alerts where present, random labels). Each call of a framework runs `--steps_per_call` optimiser steps;
@@ -55,7 +55,7 @@ def make_data(n: int, seed: int = 0):
 
 
 def build_keras(cfg, jit_compile, weights):
-    """mm_cnn of spec section 3 with keras.layers (what the original BTSbot training script builds)."""
+    """mm_cnn of the paper's Table 2 with keras.layers (what the original BTSbot training script builds)."""
     import keras
     from keras import layers
 

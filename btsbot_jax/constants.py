@@ -1,4 +1,4 @@
-"""Facts of the published BTSbot inputs (spec section 2) that every module shares."""
+"""Facts of the published BTSbot inputs (Rehemtulla et al. 2024, as Kowalski computes them) that every module shares."""
 
 IMAGE_SIZE = 63
 NUM_CHANNELS = 3  # science, reference (template), difference
@@ -10,7 +10,8 @@ METADATA_COLUMNS = (
     "ncovhist", "nnotdet", "chinr", "sharpnr", "scorr", "sky", "maxmag_so_far",
 )
 NUM_METADATA = len(METADATA_COLUMNS)
-# The 6 of them computed from the light curve (spec section 2); the other 19 are `candidate` fields.
+# The 6 of them computed from the light curve (Rehemtulla et al. 2024, as Kowalski computes them); the other 19 are
+# `candidate` fields.
 CUSTOM_FEATURES = ("age", "days_since_peak", "days_to_peak", "peakmag_so_far", "maxmag_so_far", "nnotdet")
 
 # The published training CSVs spell `drb` as `new_drb`; Kowalski spells `nnotdet` as `nnondet`.

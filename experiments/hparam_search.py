@@ -26,7 +26,7 @@ from absl import app, flags, logging
 FLAGS = flags.FLAGS
 
 
-# Tables 2 and 3 (spec sections 3 and 4): (kind, low, high) or ("choice", values)
+# Tables 2 and 3 (Rehemtulla et al. 2024): (kind, low, high) or ("choice", values)
 SEARCH_SPACE = {
     "model.conv1_channels": ("choice", (8, 16, 32, 64, 128)),
     "model.conv2_channels": ("choice", (8, 16, 32, 64, 128)),

@@ -1,4 +1,4 @@
-"""Independent reference of spec section 2 for the tests: the way Kowalski computes BTSbot's inputs (gzip + astropy,
+"""Independent reference of the paper's inputs for the tests: the way Kowalski computes BTSbot's inputs (gzip + astropy,
 np.nan_to_num, division by np.linalg.norm, np.pad with 1e-9), written plainly without the package's fast paths."""
 
 import numpy as np
@@ -20,7 +20,7 @@ def reference_triplet(record) -> np.ndarray:
 
 
 def reference_metadata(record) -> np.ndarray:
-    """Spec section 2 written out plainly, for the real packets (no caller history)."""
+    """The paper's input definition written out plainly, for the real packets (no caller history)."""
     cand = record["candidate"]
     hist = [p for p in (record.get("prv_candidates") or []) if p.get("magpsf") is not None] + [cand]
     mags = [h["magpsf"] for h in hist]

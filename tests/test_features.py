@@ -1,4 +1,5 @@
-"""Triplet and 25 features per spec section 2: against the 39 labelled alerts, an independent astropy reference on
+"""Triplet and 25 features as the paper and Kowalski define them:
+against the 39 labelled alerts, an independent astropy reference on
 the real packets, and hand-made edge cases (ties, upper limits, sentinels, padding, bad values)."""
 
 import copy

@@ -21,7 +21,7 @@ from btsbot_jax.evaluation.policies import (
 
 J0 = 2460000.0
 
-# (objectId, day, magpsf, score); the expected selections below are worked out by hand from the spec's rules.
+# (objectId, day, magpsf, score); the expected selections below are worked out by hand from the paper's rules.
 HAND = [
     # magpsf 19.0 is not < 19: the first alert does not count, so the 2nd positive is the 3rd alert
     ("tie19", 1, 19.0, 0.9), ("tie19", 2, 18.0, 0.9), ("tie19", 3, 18.9, 0.9),
@@ -118,7 +118,7 @@ def _random_alerts(rng, n_sources, max_alerts):
 
 
 def _loop_reference(ids, jd, mag, score, bright_limit):
-    """The spec's policy written as the obvious loop over each source's alerts in jd order (stable on ties)."""
+    """The paper's policy written as the obvious loop over each source's alerts in jd order (stable on ties)."""
     out = {}
     for o in dict.fromkeys(ids):
         rows = sorted((j, i) for i, (oo, j) in enumerate(zip(ids, jd)) if oo == o)

@@ -25,7 +25,7 @@ FIGURES = ("roc", "confusion_matrix", "score_vs_magpsf", "completeness_purity", 
 
 
 def _policy_loop(table, bright_limit):
-    """Reference: each source's alerts in jd order, the spec's rule checked alert by alert."""
+    """Reference: each source's alerts in jd order, the paper's rule checked alert by alert."""
     out = {}
     for oid, src in table.sort_values("jd", kind="stable").groupby("objectId", sort=False):
         n_pos, brightest, out[oid] = 0, np.inf, None

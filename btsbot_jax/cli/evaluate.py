@@ -28,7 +28,7 @@ flags.DEFINE_float("threshold", 0.5, "Alert-level decision: score > threshold.")
 flags.DEFINE_list("policies", ["bts_p1", "bts_p2"], "Source-level policies to evaluate (registered names).")
 flags.DEFINE_multi_string("policy_module", [], "Module name or .py file to import first; it registers extra "
                                                "policies with btsbot_jax.evaluation.policies.register_policy.")
-flags.DEFINE_integer("min_alerts", 2, "Sources need at least this many alerts to be evaluated (spec: 2).")
+flags.DEFINE_integer("min_alerts", 2, "Sources need at least this many alerts to be evaluated (the paper: 2).")
 flags.DEFINE_string("training_metrics", None, "metrics.csv of a training run (default: the checkpoint's workdir).")
 flags.DEFINE_integer("batch_size", 4096, "Alerts read from the triplet memory map per scoring step.")
 flags.DEFINE_bool("figures", True, "Write the PNG figures.")

@@ -1,6 +1,6 @@
 """`btsbot-prepare --candidates=alerts.csv --triplets=triplets.npy --out=DIR`: per-alert table -> training set.
 
-Applies the paper's cleaning cuts, the 81/9/10 split by source and the N_max rule (spec section 5) and writes
+Applies the paper's cleaning cuts, the 81/9/10 split by source and the N_max rule (Rehemtulla et al. 2024) and writes
 `{split}_cand_{version}_N{n_max}.csv` + `{split}_triplets_{version}_N{n_max}.npy`, which `btsbot-train` reads.
 """
 
@@ -19,7 +19,7 @@ flags.DEFINE_string("sources", None, "Optional table (.csv/.parquet) with object
                     "rejects); without it the candidates table must have a source_set column.")
 flags.DEFINE_string("out", None, "Output directory for the training-set files.")
 flags.DEFINE_string("version", "v10", "Version tag in the file names.")
-flags.DEFINE_integer("n_max", 100, "N_max: alerts kept per source (spec section 5).")
+flags.DEFINE_integer("n_max", 100, "N_max: alerts kept per source (Rehemtulla et al. 2024).")
 flags.DEFINE_integer("seed", 2, "Seed of the split by source and of the random N_max subsets.")
 
 

@@ -28,7 +28,7 @@ flags.DEFINE_integer("num_sources", 1000, "Number of sources (about 45 alerts ea
 flags.DEFINE_integer("seed", 0, "Seed: the same seed gives byte-identical files.")
 flags.DEFINE_string("out", None, "Output directory.")
 flags.DEFINE_string("version", "v10", "Version tag of the training-set file names.")
-flags.DEFINE_integer("n_max", 100, "N_max of the training set (alerts kept per source, spec section 5).")
+flags.DEFINE_integer("n_max", 100, "N_max of the training set (alerts kept per source, Rehemtulla et al. 2024).")
 flags.DEFINE_integer("split_seed", None, "Seed of the split by source and of the N_max subsets (default: --seed).")
 flags.DEFINE_string("fractions", None, "Mix of source sets, e.g. 'trues=0.27,vars=0.06,dims=0.45,rejects=0.22' "
                     "(default: Table 1 of the paper).")

@@ -1,4 +1,4 @@
-"""tf.data input pipeline for training and evaluation (spec section 4).
+"""tf.data input pipeline for training and evaluation (Rehemtulla et al. 2024, Table 3).
 
 Design, chosen so that a run is reproducible from its seed and resumable at any epoch:
 

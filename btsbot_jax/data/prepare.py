@@ -1,4 +1,5 @@
-"""The `prepare` step: per-alert tables with source labels -> the published training-set format (spec section 5).
+"""The `prepare` step: per-alert tables with source labels -> the published training-set format
+(Rehemtulla et al. 2024).
 
 Input is one row per alert (objectId, jd, the candidate fields, the custom features) with the triplets in the same
 row order, and each source's set (`trues`, `vars`, `dims`, `rejects`), either as a `source_set` column or as a

@@ -1,4 +1,4 @@
-"""Reader for the published BTSbot training-set format (spec section 5).
+"""Reader for the published BTSbot training-set format (Rehemtulla et al. 2024).
 
 A data directory holds, per split, `{split}_cand_{version}_N{n_max}.csv` (one row per alert: objectId, jd, label,
 candidate fields, custom features, `new_drb`) and `{split}_triplets_{version}_N{n_max}.npy` (N, 63, 63, 3) in the

@@ -1,4 +1,4 @@
-"""The BTS metrics (spec section 5): alert level at a score threshold, source level per policy, timeliness.
+"""The BTS metrics (Rehemtulla et al. 2024): alert level at a score threshold, source level per policy, timeliness.
 
 Alert level uses scikit-learn (accuracy, balanced accuracy, precision/recall/F1, ROC, AUC, confusion matrix); the
 confusion matrix is normalised by true class (rows sum to 1: row 1 is the recall of bright transients). The
@@ -6,7 +6,7 @@ decision is ``score > threshold`` (strict, default 0.5), the same convention the
 
 Source level: one row per source with its label, peak (brightest magpsf over its alerts in the split), whether
 it is in the evaluation (inclusion rules below), and per policy whether / when / at what magnitude it was selected.
-Inclusion (spec): a source needs >= 2 alerts in the split; label-1 sources whose brightest alert in the split is
+Inclusion (the paper): a source needs >= 2 alerts in the split; label-1 sources whose brightest alert in the split is
 fainter than 18.5 are left out; unlabelled sources are left out of completeness/purity but keep their selection
 record. Completeness = TP/(TP+FN), purity = TP/(TP+FP) over included sources, overall and per peak-magnitude bin.
 

@@ -1,15 +1,16 @@
-"""Source-level selection policies: per-alert scores -> per-source "select for follow-up" decisions (spec section 5).
+"""Source-level selection policies: per-alert scores -> per-source "select for follow-up" decisions
+(Rehemtulla et al. 2024).
 
 A policy sees each source's alerts in jd order and decides, at every alert, whether the source should be selected
 given only the alerts so far (no peeking at the future: this is what a broker could have done live). The source is
 selected at the FIRST alert where the policy holds; its jd and magpsf are the selection time and magnitude.
 
-Built in (the paper's policies, exactly as the spec words them):
+Built in (the paper's policies, exactly as the paper words them):
 
 - ``bts_p1``: at least 2 alerts so far with ``score > 0.5`` AND ``magpsf < 19`` (both strict, the same alert must
   satisfy both);
 - ``bts_p2``: ``bts_p1`` AND the brightest magpsf so far ``<= 18.5``. "Brightest so far" is the minimum magpsf over
-  ALL alerts of the source so far, not only the positive ones: the spec says "the brightest magpsf so far", and
+  ALL alerts of the source so far, not only the positive ones: the paper says "the brightest magpsf so far", and
   it is the light-curve quantity a scanner would look at (a source may be bright in one alert and only get high
   scores later).
 
@@ -41,7 +42,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-# The spec's constants, named so reports can quote them.
+# The paper's constants, named so reports can quote them.
 SCORE_THRESHOLD = 0.5  # an alert is "positive" when score > this (strict)
 MAG_LIMIT = 19.0  # ... and magpsf < this (strict)
 MIN_POSITIVE = 2  # bts_p1 needs at least this many positive alerts so far

@@ -9,7 +9,7 @@ Routes, and why (tried with jax 0.10.2, TF 2.21, onnx 1.23, onnxruntime 1.32):
   OIHW kernels and SAME pads, Relu, MaxPool VALID, Transpose back so Flatten is channels-last like Keras, Gemm,
   Concat [image, metadata], Sigmoid). Converters were the first choice and failed: jax2onnx 0.17.1 turned the NHWC
   `lax.reduce_window` max-pool into a MaxPool node onnxruntime rejects, and tf2onnx cannot convert jax2tf's
-  XlaCallModule. The model is small and fixed (spec section 3), so the direct graph is short, uses only core ops
+  XlaCallModule. The model is small and fixed (Table 2 of the paper), so the direct graph is short, uses only core ops
   of opset 17 / IR 8 (any onnxruntime since 1.13, BOOM's included), and the parity checks decide.
 - savedmodel: a `tf.Module` of plain TF ops (conv2d NHWC, max_pool2d, matmul, batch-norm arithmetic, sigmoid)
   holding the weights as variables. Not `jax2tf.convert`: it loads and matches here, but the whole model becomes

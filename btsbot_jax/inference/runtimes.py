@@ -41,7 +41,8 @@ ALL_FORMAT = "btsbot-jax/export-all"
 EXPORT_FORMATS = {"stablehlo": STABLEHLO_FORMAT, "onnx": ONNX_FORMAT, "savedmodel": SAVEDMODEL_FORMAT}
 ARTIFACTS = {"stablehlo": "model.jax_export", "onnx": "model.onnx", "savedmodel": "saved_model.pb"}
 DEFAULT_RUNTIME = "stablehlo"
-# Names and shapes of the published v1.0.1 serving signature (spec section 6), shared by ONNX and SavedModel.
+# Names and shapes of the published v1.0.1 serving signature (as Kowalski and BOOM call it), shared by ONNX and
+# SavedModel.
 INPUT_NAMES = ("triplet", "metadata")
 OUTPUT_NAME = "fc_out"
 

@@ -1,4 +1,5 @@
-"""ZTF alert packet -> the model's inputs: image triplet (63,63,3) and 25 metadata features (spec section 2).
+"""ZTF alert packet -> the model's inputs: image triplet (63,63,3) and 25 metadata features
+(Rehemtulla et al. 2024, as Kowalski computes them).
 
 Triplet: channels science, reference (template), difference; each cutout gunzipped and read from FITS
 (`btsbot_jax.ingest.stamps`), NaN -> 0, divided by its own L2 (Frobenius) norm, and, when smaller than 63x63 (edge of a
@@ -126,7 +127,7 @@ def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple
 
 
 def custom_features(record: Mapping, history: Sequence[Mapping] | None = None) -> dict[str, float]:
-    """The 6 light-curve features of spec section 2 for one alert.
+    """The 6 light-curve features of the paper's inputs for one alert.
 
     `history`: earlier light-curve entries of the same source (candidate / prv_candidate dicts, or whole earlier
     alerts). When given, it is merged with prv_candidates, points later than the alert are ignored (not known at
@@ -248,7 +249,7 @@ def metadata_from_record(record: Mapping, use_rb: bool = False, history: Sequenc
 
 # ----------------------------------------------------------------------------------------------- triplet
 def cutout_images(record: Mapping, *, copy: bool = True) -> list[np.ndarray]:
-    """The three raw cutouts (science, template, difference) as 2-D arrays, their shapes checked (spec section 2).
+    """The three raw cutouts (science, template, difference) as 2-D arrays, their shapes checked.
 
     Pixel values (inf, all NaN, all zero) are checked where the cutouts are normalised. copy=False may return
     read-only big-endian views of the decompressed stamps (the batch path converts them while stacking)."""
@@ -326,7 +327,7 @@ def _normalise_stack(stack: np.ndarray, names: Sequence[str] = CUTOUT_FIELDS, ou
 
 
 def triplet_from_images(images: Sequence[np.ndarray]) -> np.ndarray:
-    """Three raw 2-D cutouts -> (63, 63, 3) float32 per spec section 2. Raises AlertError."""
+    """Three raw 2-D cutouts -> (63, 63, 3) float32 as the paper and Kowalski define them. Raises AlertError."""
     out = np.full((IMAGE_SIZE, IMAGE_SIZE, 3), PAD_VALUE, np.float32)
     reasons = []
     for c, img in enumerate(images):

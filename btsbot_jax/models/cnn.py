@@ -1,4 +1,4 @@
-"""The BTSbot models of Rehemtulla et al. 2024 in Flax NNX (spec section 3).
+"""The BTSbot models of Rehemtulla et al. 2024 in Flax NNX (Rehemtulla et al. 2024, Table 2).
 
 `mm_cnn` is the production model (image triplet + 25 metadata features); `um_cnn` and `um_nn` are the
 paper's single-modality ablations. Every size and rate comes from a config that uses the paper's names, so a

@@ -1,6 +1,6 @@
 """Source population: which sources exist, of which BTS set, with which light curve, host and neighbours.
 
-The four sets of the BTS training set (spec section 5) and their sub-types:
+The four sets of the BTS training set (Rehemtulla et al. 2024) and their sub-types:
 
 - trues (label 1): extragalactic transients whose light curve peaks at <= 18.5 mag in g or r: SN Ia, II (P),
   Ibc, IIn/SLSN, TDE (nuclear); in a host galaxy at an offset drawn from the host's light, some nuclear, some

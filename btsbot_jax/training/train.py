@@ -1,4 +1,5 @@
-"""Training BTSbot from scratch the way the paper did (spec section 4), reproducible and resumable on any devices.
+"""Training BTSbot from scratch the way the paper did (Rehemtulla et al. 2024, Table 3), reproducible and
+resumable on any devices.
 
 - one `jax.jit` train step over a `TrainState` pytree (donated): weighted binary cross-entropy with the paper's
   class weights, Adam through `optax.inject_hyperparams` so the learning rate is a value in the optimizer state
@@ -61,7 +62,7 @@ METRIC_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_a
 
 
 def class_weights(labels: np.ndarray) -> np.ndarray:
-    """Spec section 4: w_c = (1/n_c) / ||(1/n_0, 1/n_1)||, then divided by max(w): the rarer class gets 1.0."""
+    """Rehemtulla et al. 2024: w_c = (1/n_c) / ||(1/n_0, 1/n_1)||, then divided by max(w): the rarer class gets 1.0."""
     labels = np.asarray(labels)
     n = np.array([np.sum(labels == 0), np.sum(labels == 1)], np.float64)
     if (n == 0).any():
