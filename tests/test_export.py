@@ -55,6 +55,7 @@ def test_v101_exports_match_flax_on_real_alerts(v101_export, v101_checkpoint, us
     assert 0 < (expected > 0.5).sum() < 39  # both decisions occur, so the comparison means something
 
 
+@pytest.mark.slow
 def test_v101_exports_match_flax_on_simulated_packets(v101_export, v101_checkpoint, tmp_path):
     """Mock ZTF packets from the simulator, through the same ingestion code as real ones."""
     from btsbot_jax.ingest.features import prepare_batch
@@ -115,6 +116,7 @@ FRESH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(FRESH))
 def test_fresh_models_of_each_architecture_export_equal(arch, tmp_path):
     cfg, model = _randomised_model(arch, seed=7, **FRESH[arch])
@@ -239,6 +241,7 @@ def _real_packets():
     return prep, first
 
 
+@pytest.mark.slow
 def test_onnx_v101_same_decisions_as_published_tf_on_all_real_packets(v101_export, tf_v101):
     prep, first = _real_packets()
     assert first.sum() == 768 and not prep.rejected, [r.reason for r in prep.rejected[:5]]
@@ -346,6 +349,7 @@ def test_failed_parity_check_writes_nothing(small_model_dir, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # neither the export nor its temporary directory
 
 
+@pytest.mark.slow
 def test_cli_exports_a_training_workdir(small_model_dir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(small_model_dir, workdir / "best")

@@ -115,6 +115,7 @@ def _workdir(tmp_path, v101_checkpoint):
     return w
 
 
+@pytest.mark.slow
 def test_cli_dataset_mode_with_workdir_matches_scores_mode(tmp_path, v101_checkpoint, usage_examples):
     data = _dataset_dir(tmp_path, usage_examples)
     work = _workdir(tmp_path, v101_checkpoint)
@@ -180,6 +181,7 @@ def _scores_table():
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_cli_scores_mode_parquet_and_custom_policy(tmp_path):
     path = tmp_path / "scores.parquet"
     _scores_table().to_parquet(path)

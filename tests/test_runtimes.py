@@ -43,6 +43,7 @@ def inputs():
     return t, rng.normal(0, 2, size=(21, 25)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_load_scorer_picks_the_runtime(exported):
     root = exported
     assert isinstance(load_scorer(root / "model"), Scorer)

@@ -125,6 +125,7 @@ def test_plateau_by_hand():
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2]
 
 
+@pytest.mark.slow
 def test_train_step_learns_and_donates(data_dir):
     import jax
 
@@ -329,6 +330,7 @@ def test_configs_follow_the_paper():
         assert by_path.get_config().to_dict() == _load_config(name).to_dict()
 
 
+@pytest.mark.slow
 def test_hparam_search_space_is_the_papers():
     code = textwrap.dedent(f"""
         import json, sys
