@@ -9,7 +9,7 @@ Avro: ZTF writes one small Object Container File per alert, each repeating the ~
 `reader` re-parses that schema for every file (~3-4 ms, more than decoding the alert itself), so this module walks
 the container framing itself (magic, metadata, sync-delimited blocks) and decodes each record with a decoder
 compiled once per schema text (`btsbot_jax.ingest.avro`; fastavro's `schemaless_reader` where a schema is beyond
-it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_alerts.py checks the records equal
+it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_readers.py checks the records equal
 `fastavro.reader`'s on all real packets.
 
 `projection=SCORING_PROJECTION` decodes only what scoring needs (24 of the ~100 `candidate` fields, `jd` and `magpsf` of
