@@ -41,11 +41,12 @@ from btsbot_jax.serve.stream_sink import (
     rejected_path,
 )
 from btsbot_jax.serve.stream_stats import (
+    PROGRESS_FORMAT,
     LatencyHistogram,
     ProgressWindow,
     StreamStats,
     consumer_lag,
-    log_progress_line,
+    progress_args,
 )
 
 log = logging.getLogger("btsbot_jax.serve.stream")
@@ -386,7 +387,7 @@ class StreamScorer:
     def log_progress(self) -> None:
         """One line over the batches finished since the previous line (rate over the real interval)."""
         rate, p50, p99 = self._progress.take()
-        log_progress_line(self.log, rate, p50, p99, self._lag(), self.stats, len(self._assigned))
+        self.log.info(PROGRESS_FORMAT, *progress_args(rate, p50, p99, self._lag(), self.stats, len(self._assigned)))
 
 
 def _fmt_partitions(parts) -> str:

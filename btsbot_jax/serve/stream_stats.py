@@ -137,12 +137,15 @@ class ProgressWindow:
         return sum(w[1] for w in batches) / span, p50, p99
 
 
-def log_progress_line(logger: logging.Logger, rate: float, p50: float | None, p99: float | None, lag: int | None,
-                      stats: StreamStats, partitions: int) -> None:
-    logger.info(
-        "%.1f alerts/s | batch p50 %s ms p99 %s ms | lag %s | scored %d dead letters %d | batches %d | "
-        "partitions %d", rate, _fmt_ms(p50), _fmt_ms(p99), "?" if lag is None else lag, stats.alerts_scored,
-        stats.dead_letters, stats.batches, partitions)
+PROGRESS_FORMAT = ("%.1f alerts/s | batch p50 %s ms p99 %s ms | lag %s | scored %d dead letters %d | batches %d | "
+                   "partitions %d")
+
+
+def progress_args(rate: float, p50: float | None, p99: float | None, lag: int | None, stats: StreamStats,
+                  partitions: int) -> tuple:
+    """The arguments of `PROGRESS_FORMAT` (the caller logs, so the log record names the stream loop)."""
+    return (rate, _fmt_ms(p50), _fmt_ms(p99), "?" if lag is None else lag, stats.alerts_scored, stats.dead_letters,
+            stats.batches, partitions)
 
 
 def consumer_lag(consumer, logger: logging.Logger) -> int | None:
@@ -185,4 +188,4 @@ def _fmt_ms(x: float | None) -> str:
     return "-" if x is None else f"{x:.0f}"
 
 
-__all__ = ["LatencyHistogram", "StreamStats", "ProgressWindow", "log_progress_line", "consumer_lag"]
+__all__ = ["LatencyHistogram", "StreamStats", "ProgressWindow", "PROGRESS_FORMAT", "progress_args", "consumer_lag"]
