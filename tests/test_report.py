@@ -278,3 +278,47 @@ def test_find_training_metrics(tmp_path):
     assert find_training_metrics(tmp_path / "work") == tmp_path / "work" / "metrics.csv"
     assert find_training_metrics(tmp_path / "work" / "best") == tmp_path / "work" / "metrics.csv"
     assert find_training_metrics(tmp_path / "model") is None  # a plain model dir: no guessing from its parent
+
+
+def test_pieces_yield_named_values_into_the_report(tmp_path):
+    """An extra evaluator adds its numbers where it names them; two pieces writing one name is an error; a
+    registered figure is drawn by the figure pieces and recorded under files / figures_skipped."""
+    from btsbot_jax.evaluation import plots
+    from btsbot_jax.evaluation.evaluators import EvaluatorError
+
+    class MaxScore:
+        name = "max_score"
+
+        def run(self, ctx):
+            yield "extra/max_score_label_1", ctx.alerts.loc[ctx.alerts["label"] == 1, "score"].max()
+            yield ("source_level", "policies", "bts_p1", "n_sources_seen"), len(ctx.sources)
+
+    t = _scores_table()
+    ev = evaluate_scores(t, policies=["bts_p1"], extra_evaluators=[MaxScore()])
+    assert ev.report["extra"] == {"max_score_label_1": 0.99}
+    p1 = ev.report["source_level"]["policies"]["bts_p1"]
+    assert p1["n_sources_seen"] == 5 and p1["TP"] == 2 and "timeliness" in p1
+
+    class Clash:
+        name = "clash"
+
+        def run(self, ctx):
+            yield "source_level/inclusion", {}
+
+    with pytest.raises(EvaluatorError, match="source_level/inclusion is already in the report"):
+        evaluate_scores(t, extra_evaluators=[Clash()])
+
+    def n_sources(ev, path, **_):
+        fig, ax = plots._figure(3, 3)
+        ax[0, 0].bar([0], [len(ev.sources)])
+        fig.savefig(path)
+
+    try:
+        plots.register_figure("n_sources")(n_sources)
+        plots.register_figure("never")(lambda ev, path, **_: "nothing to draw")
+        got = dict(plots.Figures(tmp_path, names=["n_sources", "never"]).run(ev))
+    finally:
+        plots._FIGURES.pop("n_sources", None)
+        plots._FIGURES.pop("never", None)
+    assert got == {"files/n_sources": tmp_path / "n_sources.png", "figures_skipped/never": "nothing to draw"}
+    assert (tmp_path / "n_sources.png").stat().st_size > 1000
