@@ -8,7 +8,7 @@ Each epoch's metrics go to the log (shown unless --verbosity says otherwise) and
 Several hosts (docs/multi_host.md): start the same command on every host, with the same --workdir on a shared file
 system. Plain hosts: --coordinator_address=HOST0:PORT --num_processes=N --process_id=I (I = 0..N-1). TPU pod slice
 or SLURM: --distributed, and jax.distributed.initialize() finds the cluster itself. Each process reads its slice of
-every batch; process 0 writes the logs, summaries and best/.
+every batch; process 0 alone writes metrics.json/csv, TensorBoard events, summary.json and best/.
 """
 
 import json
