@@ -65,7 +65,11 @@ def save_model(model: BTSbot, out_dir: str | os.PathLike, card: dict[str, Any]) 
     out.mkdir(parents=True, exist_ok=True)
     state = nnx.to_pure_dict(_weights(model))
     state = jax.tree.map(np.asarray, state)
-    ckptr = ocp.StandardCheckpointer()
+    # Host arrays written by the calling process alone: with several JAX processes (multi-host training exports
+    # from process 0 only) orbax must not wait for the others at its barriers.
+    me = jax.process_index()
+    ckptr = ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
     ckptr.save(out / STATE_DIR, state, force=True)
     ckptr.wait_until_finished()
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
