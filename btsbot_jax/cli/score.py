@@ -1,4 +1,6 @@
-"""`btsbot-score --checkpoint=CKPT --input=PATH[,PATH...] --output=scores.{csv,parquet}`: alert packets -> scores.
+"""`btsbot-score [--checkpoint=CKPT] --input=PATH[,PATH...] --output=scores.{csv,parquet}`: alert packets -> scores.
+
+Without --checkpoint the published v1.0.1 model shipped inside the package is used.
 
 Inputs: avro files, folders of them (recursive), .tar/.tar.gz archives (ZTF's nightly tarballs) and parquet dumps.
 Every record is scored, rejected with its reason (--rejected table), or counted as a duplicate candid; a summary
@@ -15,7 +17,8 @@ from absl import flags
 from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Model directory (btsbot-import-keras output) or training workdir.")
+flags.DEFINE_string("checkpoint", "v1.0.1", "Model directory, training workdir, export directory, or the name of a "
+                    "packaged model (default: the published v1.0.1 weights shipped with btsbot-jax).")
 flags.DEFINE_list("input", None, "Comma-separated avro files, folders, .tar/.tar.gz or parquet files.")
 flags.DEFINE_string("output", None, "Scores table: .csv or .parquet.")
 flags.DEFINE_string("rejected", None, "Rejected-alerts table (.csv/.parquet); default: <output stem>_rejected<suffix>.")
@@ -80,7 +83,7 @@ def _main(argv):
 
 
 def main():
-    run(lambda argv: sys.exit(_main(argv)), required=["checkpoint", "input", "output"])
+    run(lambda argv: sys.exit(_main(argv)), required=["input", "output"])
 
 
 if __name__ == "__main__":
