@@ -40,9 +40,10 @@ def default_rejected_path(output: str) -> Path:
 
 def _main(argv):
     del argv
+    from btsbot_jax.inference.deployment import ColumnOrderError
     from btsbot_jax.inference.scorer import load_scorer
     from btsbot_jax.models.model_dir import CheckpointError
-    from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
+    from btsbot_jax.serve.batch import check_scorer_columns, check_table_path, format_summary, score_paths, write_table
 
     if FLAGS.shard_index >= FLAGS.num_shards:
         print(f"btsbot-score: --shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}",
@@ -63,6 +64,11 @@ def _main(argv):
         scorer = load_scorer(FLAGS.checkpoint)
     except (CheckpointError, OSError, ValueError) as e:
         print(f"btsbot-score: cannot load checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
+        return 2
+    try:  # the column order the model states (inside the artifact for exports) must be the one ingestion builds
+        check_scorer_columns(scorer)
+    except ColumnOrderError as e:
+        print(f"btsbot-score: refusing checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
         return 2
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,

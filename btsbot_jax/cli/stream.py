@@ -69,8 +69,11 @@ def _main(argv):
     from btsbot_jax.models.model_dir import CheckpointError
 
     log.setLevel(logging.INFO)  # our progress lines stay on while `cli.run` keeps the libraries' INFO chatter off
+    from btsbot_jax.serve.batch import check_scorer_columns
+
     try:
         scorer = load_scorer(FLAGS.checkpoint)
+        check_scorer_columns(scorer)  # the model's column order (from the artifact) must be the ingestion's
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"btsbot-stream: error: cannot load --checkpoint={FLAGS.checkpoint}: {e}", file=sys.stderr)
         return 2
