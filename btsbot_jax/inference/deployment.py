@@ -61,19 +61,25 @@ def deployment_card(card: dict[str, Any], input_names: Sequence[str] = ("triplet
     columns = list(card["metadata_columns"])
     s = int(card.get("image_size", 63))
     arch = card["architecture"]
-    inputs = {}
-    if arch in ("mm_cnn", "um_cnn"):
-        inputs[input_names[0]] = {
+    # every export takes both inputs (the v1.0.1 signature); a single-branch architecture ignores one of them
+    inputs = {
+        input_names[0]: {
             "shape": ["N", s, s, 3], "dtype": "float32", "layout": "NHWC (channels last)",
-            "channels": ["science", "template", "difference"],
+            "channels": ["science", "template", "difference"], "used": arch in ("mm_cnn", "um_cnn"),
             "preprocessing": f"each cutout: gunzip FITS, NaN -> 0, divided by its own L2 norm, cutouts smaller than "
                              f"{s}x{s} padded at the bottom/right with {PAD_VALUE:g} after normalising",
-        }
-    if arch in ("mm_cnn", "um_nn"):
-        inputs[input_names[1]] = {
-            "shape": ["N", len(columns)], "dtype": "float32", "columns": columns,
+        },
+        input_names[1]: {
+            "shape": ["N", len(columns)], "dtype": "float32", "columns": columns, "used": arch in ("mm_cnn", "um_nn"),
             "preprocessing": "raw values in this column order (the model normalises them itself)",
-        }
+        },
+    }
+    layout = "; ".join(
+        f"{name}: float32 ({', '.join(map(str, spec['shape']))}) "
+        + ("NHWC, channels science, template, difference" if "channels" in spec else "raw, in metadata_columns order")
+        + ("" if spec["used"] else " (not used by this architecture)")
+        for name, spec in inputs.items()
+    )
     return {
         "name": card.get("name", "btsbot"),
         "architecture": arch,
@@ -81,7 +87,9 @@ def deployment_card(card: dict[str, Any], input_names: Sequence[str] = ("triplet
         "btsbot_jax_version": __version__,
         "metadata_columns": columns,
         "input_names": list(input_names),
+        "input_layout": layout,
         "inputs": inputs,
+        "output_meaning": "score",
         "output": {
             "name": output_name, "shape": ["N", 1], "dtype": "float32", "meaning": "score",
             "description": "sigmoid probability in [0, 1] that the alert is of a bright transient (not a logit)",
