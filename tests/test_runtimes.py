@@ -274,3 +274,29 @@ def test_onnx_runtime_prefers_cuda_when_installed(exported):
     want = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in \
         ort.get_available_providers() else ["CPUExecutionProvider"]
     assert s.session.get_providers() == want
+
+
+def test_stream_scorer_refuses_another_column_order(tmp_path):
+    """btsbot-stream builds its StreamScorer from the loaded model: same refusal, before touching Kafka."""
+    from btsbot_jax.constants import METADATA_COLUMNS
+    from btsbot_jax.inference.deployment import ColumnOrderError
+    from btsbot_jax.serve.batch import check_scorer_columns
+    from btsbot_jax.serve.stream import StreamConfig, StreamScorer
+
+    class Fake:
+        version = "fake"
+
+        def __init__(self, columns):
+            self.metadata_columns = columns
+
+        def __call__(self, t, m):
+            return np.zeros(len(t), np.float32)
+
+    cfg = StreamConfig(bootstrap_servers="localhost:1", topics=["t"], group_id="g", output_path=str(tmp_path / "o"))
+    reordered = (*METADATA_COLUMNS[:-2], METADATA_COLUMNS[-1], METADATA_COLUMNS[-2])
+    with pytest.raises(ColumnOrderError, match="position 23: model 'maxmag_so_far', ingestion 'sky'"):
+        StreamScorer(Fake(reordered), cfg)
+    with pytest.raises(ColumnOrderError, match="it expects 24 columns, the ingestion builds 25"):
+        check_scorer_columns(Fake(METADATA_COLUMNS[:24]))
+    check_scorer_columns(Fake(METADATA_COLUMNS))
+    check_scorer_columns(lambda t, m: np.zeros(len(t)))  # a plain callable states no order: taken as it is
