@@ -150,6 +150,8 @@ def test_wheel_carries_the_weights(tmp_path):
     wheels = tmp_path / "wheels"
     r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(REPO), "-w", str(wheels), "--no-deps", "-q"],
                        capture_output=True, text=True, timeout=600)
+    if r.returncode != 0 and "NewConnectionError" in r.stderr:  # the isolated build fetches setuptools
+        pytest.skip(f"package index not reachable for the build backend: {r.stderr.strip().splitlines()[-1]}")
     assert r.returncode == 0, r.stderr
     (whl,) = wheels.glob("btsbot_jax-*.whl")
     import zipfile
