@@ -167,6 +167,7 @@ def test_onnx_graph_is_what_boom_expects(v101_export):
         "Concat", "Sigmoid"}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["version"] == "v1.0.1" and json.loads(props["metadata_columns"])[17] == "drb"
+    assert json.loads(props["model_card"])["model_version"] == "v1.0.1" and props["output_meaning"] == "score"
     # dynamic batch straight in onnxruntime, the way BOOM calls it
     sess = ort.InferenceSession(str(v101_export / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 5):
@@ -368,3 +369,31 @@ def test_cli_exports_a_training_workdir(small_model_dir, tmp_path):
     missing = subprocess.run([*cmd[:3], f"--checkpoint={tmp_path / 'nope'}", "--format=onnx",
                               f"--out={tmp_path / 'y'}"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_packaged_v101_exports_describe_themselves(tmp_path):
+    """No ../shared needed: the weights shipped in the package export, and each artifact says what it is."""
+    import onnx
+    import tensorflow as tf
+
+    from btsbot_jax import __version__
+
+    card = export_model("v1.0.1", tmp_path / "onnx", "onnx")
+    assert card["version"] == "v1.0.1" and card["exported_from"]["format"] == "btsbot-jax/safetensors"
+    assert card["verification"]["max_abs_diff"] < 1e-5
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "onnx" / "model.onnx")).metadata_props}
+    inside = json.loads(props["model_card"])
+    assert inside == card["deployment"] and inside["model_version"] == "v1.0.1"
+    assert inside["btsbot_jax_version"] == __version__ and inside["architecture"] == "mm_cnn"
+    export_model("v1.0.1", tmp_path / "sm", "savedmodel")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    assert set(loaded.signatures) == {"serving_default", "model_card"}
+    assert json.loads(loaded.signatures["model_card"]()["model_card"].numpy()) == inside
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(4, 63, 63, 3)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=(1, 2), keepdims=True)
+    m = rng.normal(size=(4, 25)).astype(np.float32)
+    flax = load_scorer("v1.0.1")(t, m)
+    for d in ("onnx", "sm"):
+        np.testing.assert_allclose(load_scorer(tmp_path / d)(t, m), flax, atol=1e-5, rtol=0)

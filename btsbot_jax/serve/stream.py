@@ -163,6 +163,9 @@ class StreamScorer:
     def __init__(self, scorer: Callable, config: StreamConfig, *, logger: logging.Logger | None = None,
                  on_batch: Callable[[dict[str, Any]], None] | None = None):
         config.validate()
+        from btsbot_jax.serve.batch import check_scorer_columns
+
+        check_scorer_columns(scorer)  # refuse a model that wants its metadata in another column order
         self.scorer = scorer
         self.config = config
         self.log = logger or log
