@@ -85,21 +85,14 @@ def save_model(model: BTSbot, out_dir: str | os.PathLike, card: dict[str, Any], 
     is set to match."""
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-<<<<<<< HEAD
-    state = nnx.to_pure_dict(_weights(model))
-    state = jax.tree.map(np.asarray, state)
-    # Host arrays written by the calling process alone: with several JAX processes (multi-host training exports
-    # from process 0 only) orbax must not wait for the others at its barriers.
-    me = jax.process_index()
-    ckptr = ocp.StandardCheckpointer(
-        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
-    ckptr.save(out / STATE_DIR, state, force=True)
-    ckptr.wait_until_finished()
-=======
     card = dict(card)
     if weights_format == "orbax":
         state = jax.tree.map(np.asarray, nnx.to_pure_dict(_weights(model)))
-        ckptr = ocp.StandardCheckpointer()
+        # Host arrays written by the calling process alone: with several JAX processes (multi-host training exports
+        # from process 0 only) orbax must not wait for the others at its barriers.
+        me = jax.process_index()
+        ckptr = ocp.StandardCheckpointer(
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
         ckptr.save(out / STATE_DIR, state, force=True)
         ckptr.wait_until_finished()
         card["format"] = CARD_FORMAT
@@ -112,7 +105,6 @@ def save_model(model: BTSbot, out_dir: str | os.PathLike, card: dict[str, Any], 
         card["format"] = SAFETENSORS_FORMAT
     else:
         raise ValueError(f"weights_format must be 'orbax' or 'safetensors', got {weights_format!r}")
->>>>>>> wt-ship
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return out
 
