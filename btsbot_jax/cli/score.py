@@ -12,7 +12,7 @@ from pathlib import Path
 
 from absl import flags
 
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model directory (btsbot-import-keras output) or training workdir.")
@@ -36,31 +36,23 @@ def default_rejected_path(output: str) -> Path:
 
 
 def _main(argv):
-    del argv
-    from btsbot_jax.inference.scorer import load_scorer
-    from btsbot_jax.models.model_dir import CheckpointError
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]} (give inputs as --input=PATH[,PATH...])")
+    from btsbot_jax.inference.scorer import CheckpointError, load_scorer
     from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
 
     if FLAGS.shard_index >= FLAGS.num_shards:
-        print(f"btsbot-score: --shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"--shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}")
     inputs = [p for p in (FLAGS.input or []) if p.strip()]
     if not inputs:
-        print("btsbot-score: --input is empty", file=sys.stderr)
-        return 2
+        raise UsageError("--input is empty")
     rejected_path = FLAGS.rejected or str(default_rejected_path(FLAGS.output))
-    try:
-        check_table_path(FLAGS.output)
-        check_table_path(rejected_path)
-    except ValueError as e:
-        print(f"btsbot-score: {e}", file=sys.stderr)
-        return 2
+    check_table_path(FLAGS.output)
+    check_table_path(rejected_path)
     try:
         scorer = load_scorer(FLAGS.checkpoint)
     except (CheckpointError, OSError, ValueError) as e:
-        print(f"btsbot-score: cannot load checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot load --checkpoint={FLAGS.checkpoint}: {e}") from e
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
                          shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb,
@@ -73,6 +65,8 @@ def _main(argv):
         Path(FLAGS.summary_json).write_text(json.dumps(s, indent=2, default=str) + "\n")
     for line in s.get("unreadable_paths", []):
         print(f"btsbot-score: cannot read input {line}", file=sys.stderr)
+    if s["records_read"] == 0 and not s.get("unreadable_paths"):
+        print(f"btsbot-score: warning: nothing to score: no alert files under {', '.join(inputs)}", file=sys.stderr)
     print(f"wrote {len(result.scores)} scores to {FLAGS.output} and {len(result.rejected)} rejected to "
           f"{rejected_path}")
     print(format_summary(s))
@@ -80,7 +74,8 @@ def _main(argv):
 
 
 def main():
-    run(lambda argv: sys.exit(_main(argv)), required=["checkpoint", "input", "output"])
+    run(_main, required=["checkpoint", "input", "output"],
+        paths=["checkpoint", "input", "output", "rejected", "summary_json"])
 
 
 if __name__ == "__main__":

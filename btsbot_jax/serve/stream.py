@@ -33,6 +33,8 @@ from typing import Any
 
 import numpy as np
 
+from btsbot_jax import __version__
+
 log = logging.getLogger("btsbot_jax.serve.stream")
 
 # Consumer settings the scorer needs for its delivery guarantee; user overrides of these are refused.
@@ -61,7 +63,8 @@ DEFAULT_PRODUCER_CONFIG = {
 _REBALANCE_ERRORS = {"REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "_ASSIGNMENT_LOST",
                      "FENCED_INSTANCE_ID", "_STATE", "_NO_OFFSET"}
 
-RESULT_COLUMNS = ("candid", "objectId", "jd", "magpsf", "score", "model_version", "topic", "partition", "offset")
+RESULT_COLUMNS = ("candid", "objectId", "jd", "magpsf", "score", "model_version", "btsbot_jax_version", "topic",
+                  "partition", "offset")
 REJECTED_COLUMNS = ("candid", "objectId", "stage", "reason", "source", "topic", "partition", "offset")
 
 
@@ -277,7 +280,8 @@ def _result_schema():
 
     return pa.schema([("candid", pa.int64()), ("objectId", pa.string()), ("jd", pa.float64()),
                       ("magpsf", pa.float64()), ("score", pa.float32()), ("model_version", pa.string()),
-                      ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64())])
+                      ("btsbot_jax_version", pa.string()), ("topic", pa.string()), ("partition", pa.int32()),
+                      ("offset", pa.int64())])
 
 
 def _rejected_schema():
@@ -591,7 +595,8 @@ class StreamScorer:
                 results.append((i, {
                     "candid": _int_or_none(row.candid), "objectId": _str_or_none(row.objectId),
                     "jd": _json_float(row.jd), "magpsf": _json_float(row.magpsf), "score": float(scores[k]),
-                    "model_version": self.model_version, "topic": m.topic(), "partition": m.partition(),
+                    "model_version": self.model_version, "btsbot_jax_version": __version__, "topic": m.topic(),
+                    "partition": m.partition(),
                     "offset": m.offset(),
                 }))
         self._deliver(msgs, results, letters)
