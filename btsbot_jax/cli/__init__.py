@@ -107,6 +107,11 @@ def run(main: Callable, required: Sequence[str] = (), paths: Iterable[str] = ())
     def parse(argv):
         try:
             return flags.FLAGS(argv)
+        except SystemExit as e:  # absl's --help/--helpshort/--helpfull print and exit 1; asking for help is ok
+            help_flags = ("--help", "-h", "-?", "--helpshort", "--helpfull", "--helpxml")
+            if e.code == 1 and any(a in help_flags for a in argv[1:]):
+                sys.exit(0)
+            raise
         except flags.Error as e:
             _fail(cmd, f"{e} (see --help)", 2)
         except (AttributeError, KeyError, ValueError, OSError, TypeError) as e:  # ml_collections config flags

@@ -38,17 +38,18 @@ def default_rejected_path(output: str) -> Path:
 def _main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments {argv[1:]} (give inputs as --input=PATH[,PATH...])")
-    from btsbot_jax.inference.scorer import CheckpointError, load_scorer
-    from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
-
     if FLAGS.shard_index >= FLAGS.num_shards:
         raise UsageError(f"--shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}")
     inputs = [p for p in (FLAGS.input or []) if p.strip()]
     if not inputs:
         raise UsageError("--input is empty")
     rejected_path = FLAGS.rejected or str(default_rejected_path(FLAGS.output))
+    from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
+
     check_table_path(FLAGS.output)
     check_table_path(rejected_path)
+    from btsbot_jax.inference.scorer import CheckpointError, load_scorer  # imports JAX: after the cheap checks
+
     try:
         scorer = load_scorer(FLAGS.checkpoint)
     except (CheckpointError, OSError, ValueError) as e:
