@@ -179,7 +179,7 @@ def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     read, scored, rej, _, dup, _ = m.groups()
     assert (int(read), int(scored), int(rej), int(dup)) == (expected["records"], len(expected["good"]),
                                                             len(expected["cases"]), 1)
-    assert "btsbot-score" in p.stderr  # the progress bar
+    assert "btsbot-score" in p.stderr  # the progress bar (the CLI turns it on)
 
 
 def test_cli_exit_zero_on_bad_alerts_and_two_on_bad_flags(tmp_path, tiny_model):
@@ -209,3 +209,23 @@ def test_decode_workers_give_the_same_results(tmp_path, tiny_scorer):
               for k in range(2)]
     assert sum(h.summary["records_read"] for h in halves) == expected["records"]
     assert all(h.summary["other_shards"] == expected["records"] - h.summary["records_read"] for h in halves)
+
+
+@pytest.mark.slow
+def test_workers_from_a_plain_script_without_main_guard(tmp_path, tiny_model):
+    """The README's `score_paths(..., workers=N)` pasted into a script with no `if __name__ == "__main__":` guard:
+    the decode processes must not re-run the script (issue 20 item 3), and a library call draws no progress bar."""
+    root, expected = _corpus(tmp_path, "synthetic")
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from btsbot_jax.inference.scorer import load_scorer\n"
+        "from btsbot_jax.serve.batch import score_paths\n"
+        "print('body')\n"
+        f"res = score_paths(load_scorer({str(tiny_model)!r}), {str(root)!r}, batch_size=8, workers=2)\n"
+        "print('read', res.summary['records_read'], 'scored', res.summary['scored'])\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("body") == 1
+    assert f"read {expected['records']} scored {len(expected['good'])}" in p.stdout
+    assert "btsbot-score" not in p.stderr and "alerts/s" not in p.stderr  # no progress bar
