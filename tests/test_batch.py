@@ -13,6 +13,7 @@ from alert_corpus import build_corpus, real_packet, synthetic_packet, synthetic_
 from conftest import REPO, ZTF_ALERTS, ZTF_ALERTS_FINK, require
 from reference_inputs import reference_metadata, reference_triplet
 
+import btsbot_jax
 from btsbot_jax.inference.scorer import load_scorer
 from btsbot_jax.ingest.readers import iter_alerts
 from btsbot_jax.models import create_model, default_model_config
@@ -172,6 +173,7 @@ def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     scores = pd.read_csv(out)
     rejected = pd.read_parquet(tmp_path / "out" / "rejected.parquet")
     assert sorted(scores["candid"]) == sorted(expected["good"]) and (scores["model_version"] == "test-0").all()
+    assert (scores["btsbot_jax_version"] == btsbot_jax.__version__).all()  # which code made the table
     assert len(rejected) == len(expected["cases"])
     m = re.search(r"read (\d+) records .*: scored (\d+), rejected (\d+) \((.*)\), duplicates (\d+); ([\d.]+) alerts/s",
                   p.stdout)

@@ -135,6 +135,21 @@ def test_unusable_checkpoint_is_exit_2(tmp_path, script, args, expected):
     assert_one_line_error(p, script, 2, expected)
 
 
+def test_traceback_only_with_verbosity(tmp_path):
+    quiet = cli("btsbot-evaluate", "--scores=missing.csv", "--out=r", cwd=tmp_path, timeout=300)
+    assert_one_line_error(quiet, "btsbot-evaluate", 2, "missing.csv")
+    loud = cli("btsbot-evaluate", "--scores=missing.csv", "--out=r", "--verbosity=1", cwd=tmp_path, timeout=300)
+    assert loud.returncode == 2 and "Traceback" in loud.stderr
+    assert message(loud).startswith("btsbot-evaluate: ") and "missing.csv" in message(loud)
+
+
+def test_checkpoint_error_is_importable_where_the_docs_say():
+    from btsbot_jax.inference.scorer import CheckpointError
+    from btsbot_jax.models.model_dir import CheckpointError as defined
+
+    assert CheckpointError is defined is btsbot_jax.CheckpointError and issubclass(defined, ValueError)
+
+
 def test_old_version_flag_of_simulate_and_prepare_still_means_the_file_tag(tmp_path):
     from test_prepare import _n_max_table, _triplets_for
 
