@@ -231,3 +231,13 @@ def test_workers_from_a_plain_script_without_main_guard(tmp_path, tiny_model):
     assert p.stdout.count("body") == 1
     assert f"read {expected['records']} scored {len(expected['good'])}" in p.stdout
     assert "btsbot-score" not in p.stderr and "alerts/s" not in p.stderr  # no progress bar
+
+
+def test_table_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUN", "r1")
+    monkeypatch.chdir(tmp_path)
+    df = pd.DataFrame({"candid": [1, 2], "score": [0.25, 0.75]})
+    p = write_table(df, "~/out/$RUN/s.csv")
+    assert p == tmp_path / "home" / "out" / "r1" / "s.csv" and p.is_file() and not (tmp_path / "~").exists()
+    pd.testing.assert_frame_equal(read_table("~/out/$RUN/s.csv"), df)

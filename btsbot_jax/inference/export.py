@@ -464,7 +464,7 @@ def export_model(
             f"StableHLO platforms {tuple(platforms)} leave out this machine's {backend!r}, so the export could not be "
             f"checked against the Flax model here; add {backend!r} (the artifact may hold several platforms)"
         )
-    out = Path(out_dir).absolute()
+    out = Path(os.path.expandvars(os.path.expanduser(os.fspath(out_dir)))).absolute()  # never a folder named ~
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
         raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite "
                           "(overwrite=True from Python) to replace it")

@@ -339,7 +339,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def check_table_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
+    p = Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))  # `~` is the home, never a folder named ~
     if p.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"{p}: output must end in .csv or .parquet")
     return p
