@@ -12,6 +12,7 @@ _LAZY = {
     "create_model": "btsbot_jax.models",
     "default_model_config": "btsbot_jax.models",
     "load_model": "btsbot_jax.models.model_dir",
+    "CheckpointError": "btsbot_jax.models.model_dir",
     "save_model": "btsbot_jax.models.model_dir",
 }
 

@@ -4,11 +4,9 @@ CKPT is a model directory or a training workdir (its best/ checkpoint). Every ex
 model before it is written; the measured max difference is printed and recorded in DIR/model_card.json.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model directory (model_card.json + state/) or training workdir.")
@@ -20,14 +18,11 @@ flags.DEFINE_list("platforms", ["cpu", "cuda"], "StableHLO lowering platforms (c
 
 def _main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from btsbot_jax.inference.export import ExportError, export_model
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
+    from btsbot_jax.inference.export import export_model
 
-    try:
-        card = export_model(FLAGS.checkpoint, FLAGS.out, FLAGS.format, overwrite=FLAGS.overwrite,
-                            platforms=FLAGS.platforms)
-    except ExportError as e:
-        sys.exit(f"btsbot-export: error: {e}")
+    card = export_model(FLAGS.checkpoint, FLAGS.out, FLAGS.format, overwrite=FLAGS.overwrite,
+                        platforms=FLAGS.platforms)
     ver = card["verification"]
     checks = ver.items() if FLAGS.format == "all" else [(FLAGS.format, ver)]
     print(f"exported {card['architecture']} {card['version']} from {FLAGS.checkpoint} -> {FLAGS.out}")
@@ -37,7 +32,7 @@ def _main(argv):
 
 
 def main():
-    run(_main, required=["checkpoint", "out"])
+    run(_main, required=["checkpoint", "out"], paths=["checkpoint", "out"])
 
 
 if __name__ == "__main__":

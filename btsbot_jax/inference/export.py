@@ -496,9 +496,10 @@ def export_model(
             f"StableHLO platforms {tuple(platforms)} leave out this machine's {backend!r}, so the export could not be "
             f"checked against the Flax model here; add {backend!r} (the artifact may hold several platforms)"
         )
-    out = Path(out_dir).absolute()
+    out = Path(os.path.expandvars(os.path.expanduser(os.fspath(out_dir)))).absolute()  # never a folder named ~
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty; choose another --out or pass overwrite")
+        raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite "
+                          "(overwrite=True from Python) to replace it")
     model_dir, model, src_card = _load_source(checkpoint)
     if out == model_dir.absolute() or model_dir.absolute() in out.parents:
         raise ExportError(f"--out {out} is inside the checkpoint {model_dir}; write the export elsewhere")
