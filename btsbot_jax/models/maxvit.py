@@ -121,8 +121,7 @@ class PartitionAttention(nnx.Module):
         self.norm1 = layer_norm(dim, rngs=rngs)
         self.qkv = linear(dim, 3 * dim, rngs=rngs)
         n_rel = (2 * window - 1) ** 2
-        self.rel_pos_table = nnx.Param(0.02 * jax.random.truncated_normal(rngs.params(), -2, 2,
-                                                                          (n_rel, self.num_heads)))
+        self.rel_pos_table = nnx.Param(jnp.zeros((n_rel, self.num_heads), jnp.float32))  # filled by build_v2_model
         self.proj = linear(dim, dim, rngs=rngs)
         self.norm2 = layer_norm(dim, rngs=rngs)
         self.fc1 = linear(dim, 4 * dim, rngs=rngs)

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 from flax import nnx
 
 from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS
@@ -419,7 +420,50 @@ def build_v2_model(cfg, seed: int = 0) -> V2Model:
     if cfg.get("architecture", PREFIX + name) != PREFIX + name:
         raise ValueError(f"model config architecture {cfg['architecture']!r} does not match model_name {name!r}")
     architecture_of(name)
-    return CLASSES[name](cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1))
+    cls = CLASSES[name]
+    # Built abstractly and filled from numpy: initialising with jax would compile a random-number program per
+    # weight shape (or one huge program), minutes for a MaxViT on a small CPU; the weights are usually imported.
+    abstract = nnx.eval_shape(lambda: cls(cfg, rngs=nnx.Rngs(params=seed, dropout=seed + 1)))
+    graphdef, state = nnx.split(abstract)
+    return nnx.merge(graphdef, _initial_state(state, seed))
+
+
+def _trunc_normal(rng: np.random.Generator, shape, std: float) -> np.ndarray:
+    x = rng.standard_normal(shape)
+    bad = np.abs(x) > 2
+    while bad.any():  # timm trunc_normal_: resample outside +-2 std
+        x[bad] = rng.standard_normal(int(bad.sum()))
+        bad = np.abs(x) > 2
+    return (x * std).astype(np.float32)
+
+
+def _initial_state(state, seed: int):
+    """timm's initialisation where it matters for training from scratch: kernels and relative-position tables
+    truncated normal (std 0.02), biases 0, norm scales 1, BatchNorm statistics (0, 1), ConvNeXt layer scale 1e-6;
+    the dropout RNG streams seeded from `seed + 1`, one key per stream."""
+    from btsbot_jax.models.convnext import LS_INIT
+
+    rng = np.random.default_rng(seed)
+    dropout_key = jax.random.key(seed + 1)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    out = []
+    for i, (path, leaf) in enumerate(leaves):
+        name = next((str(k.key) for k in reversed(path) if hasattr(k, "key") and k.key != "value"), "")
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            out.append(jax.random.fold_in(dropout_key, i))
+        elif name == "count":
+            out.append(np.zeros(leaf.shape, leaf.dtype))
+        elif name in ("kernel", "rel_pos_table"):
+            out.append(_trunc_normal(rng, leaf.shape, 0.02))
+        elif name in ("bias", "mean"):
+            out.append(np.zeros(leaf.shape, leaf.dtype))
+        elif name in ("scale", "var"):
+            out.append(np.ones(leaf.shape, leaf.dtype))
+        elif name == "gamma":
+            out.append(np.full(leaf.shape, LS_INIT, leaf.dtype))
+        else:
+            raise ValueError(f"no initialisation rule for weight {jax.tree_util.keystr(path)}")
+    return jax.tree_util.tree_unflatten(treedef, jax.device_put(out))  # one transfer, nothing to compile
 
 
 def create_v2_model(train_config: dict[str, Any], seed: int = 0) -> V2Model:

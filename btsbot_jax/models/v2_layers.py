@@ -31,6 +31,10 @@ KINDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 # BatchNorm bookkeeping that carries no weight: accepted in a state_dict, not stored.
 IGNORED_SUFFIXES = ("num_batches_tracked",)
 
+# Layers are created abstractly (nnx.eval_shape) and their values filled by models.v2.build_v2_model (timm's
+# initialisation, drawn with numpy), so the initialiser here is only a cheap placeholder to trace.
+_PLACEHOLDER = nnx.initializers.zeros_init()
+
 LN_EPS = 1e-6  # timm LayerNorm / LayerNorm2d in ConvNeXt and MaxViT
 BN_EPS = 1e-5  # torch BatchNorm default (timm MBConv, stem, BTSbot metadata BatchNorm1d)
 BN_MOMENTUM = 0.9  # torch momentum 0.1 in Flax's convention
@@ -51,8 +55,7 @@ def conv(n_in: int, n_out: int, kernel: int, *, rngs: nnx.Rngs, stride: int = 1,
     """nn.Conv2d with explicit symmetric padding (timm's default when `padding` is None)."""
     p = timm_padding(kernel, stride) if padding is None else padding
     return nnx.Conv(n_in, n_out, (kernel, kernel), strides=(stride, stride), padding=((p, p), (p, p)),
-                    feature_group_count=groups, use_bias=bias,
-                    kernel_init=nnx.initializers.truncated_normal(0.02), rngs=rngs)
+                    feature_group_count=groups, use_bias=bias, kernel_init=_PLACEHOLDER, rngs=rngs)
 
 
 def layer_norm(n: int, *, rngs: nnx.Rngs, eps: float = LN_EPS) -> nnx.LayerNorm:
@@ -65,7 +68,7 @@ def batch_norm(n: int, *, rngs: nnx.Rngs, eps: float = BN_EPS) -> nnx.BatchNorm:
 
 
 def linear(n_in: int, n_out: int, *, rngs: nnx.Rngs, bias: bool = True) -> nnx.Linear:
-    return nnx.Linear(n_in, n_out, use_bias=bias, rngs=rngs)
+    return nnx.Linear(n_in, n_out, use_bias=bias, kernel_init=_PLACEHOLDER, rngs=rngs)
 
 
 # ------------------------------------------------------------------------------------------- torch key maps
