@@ -60,7 +60,7 @@ class _Graph:
         from onnx import numpy_helper
 
         n = self.name(hint)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype), n))
+        self.inits.append(numpy_helper.from_array(np.array(value, dtype, order="C"), n))  # keeps 0-d scalars 0-d
         return n
 
     def op(self, op: str, inputs: list[str], hint: str | None = None, **attrs) -> str:
