@@ -172,3 +172,31 @@ def test_cli_imports_a_snapshot_and_reports_errors(tmp_path):
     r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.import_torch", f"--model_dir={tmp_path / 'nope'}",
                         f"--out={tmp_path / 'o'}"], capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "no train_config.json" in r.stderr
+
+
+@pytest.mark.slow
+def test_a_timm_backbone_checkpoint_initialises_the_image_branch(usage_examples):
+    """A timm-named ConvNeXt checkpoint (as `timm/convnext_pico.d1_in1k` or the Galaxy Zoo encoder publish it)
+    lands in a fresh ConvNeXt model: here the fixture's trained image branch renamed to timm's names, which must
+    then reproduce upstream's image features."""
+    import jax
+
+    from btsbot_jax.inference.import_torch import load_backbone_into
+    from btsbot_jax.models.v2 import create_v2_model
+
+    sd = read_torch_bin(fixture_dir("convnext_pico_metadata") / "pytorch_model.bin")
+    prefix = "image_branch.convnext."
+    timm_sd = {k[len(prefix):].replace("head.1.", "head.norm."): v for k, v in sd.items() if k.startswith(prefix)}
+    timm_sd["head.fc.weight"] = np.zeros((1000, 512), np.float32)
+    timm_sd["head.fc.bias"] = np.zeros((1000,), np.float32)
+    tc = train_config("convnext_pico_metadata")["image_model_config"]
+    model = create_v2_model(tc)
+    assert load_backbone_into(model, timm_sd) == ["head.fc.bias", "head.fc.weight"]
+    model.eval()
+    t, _ = fixture_inputs(usage_examples, "convnext_pico_metadata")
+    feats = np.asarray(jax.jit(model.embed)(t))
+    expected = np.load(fixture_dir("convnext_pico_metadata") / "expected.npz")["image_features"]
+    assert np.abs(feats - expected).max() <= 1e-4
+    del timm_sd["stages.3.blocks.1.gamma"]
+    with pytest.raises(TorchImportError, match=r"missing key\(s\).*stages\.3\.blocks\.1\.gamma"):
+        load_backbone_into(model, timm_sd)

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 
 BIN_NAME = "pytorch_model.bin"
+IGNORED = ("num_batches_tracked",)  # BatchNorm bookkeeping: accepted in a state_dict, carries no weight
+TorchMapT = dict[str, tuple[tuple, str]]
 SAFETENSORS_NAME = "model.safetensors"
 CONFIG_NAME = "train_config.json"
 
@@ -206,17 +208,21 @@ def _fmt_keys(keys) -> str:
 
 def load_state_into(model, state_dict: dict[str, np.ndarray], source: str = "weights") -> None:
     """Copy an upstream state_dict into a v2 Flax model, key by key (errors name the key)."""
-    from flax import nnx
-
-    from btsbot_jax.models.v2_layers import IGNORED_SUFFIXES, KINDS
-
     tmap = model.torch_map()
-    given = {k for k in state_dict if not k.endswith(IGNORED_SUFFIXES)}
+    given = {k for k in state_dict if not k.endswith(IGNORED)}
     unknown, missing = given - tmap.keys(), tmap.keys() - given
     if unknown:
         raise TorchImportError(f"{source}: unknown key(s) for a {model.model_name} model: {_fmt_keys(unknown)}")
     if missing:
         raise TorchImportError(f"{source}: missing key(s) for a {model.model_name} model: {_fmt_keys(missing)}")
+    _assign(model, state_dict, tmap, source)
+
+
+def _assign(model, state_dict, tmap, source: str) -> None:
+    from flax import nnx
+
+    from btsbot_jax.models.v2_layers import KINDS
+
     state = nnx.state(model, (nnx.Param, nnx.BatchStat))
     pure = nnx.to_pure_dict(state)
     for key, (path, kind) in tmap.items():
@@ -240,6 +246,49 @@ def load_state_into(model, state_dict: dict[str, np.ndarray], source: str = "wei
         node[path[-1]] = np.ascontiguousarray(converted, np.float32)
     nnx.replace_by_pure_dict(state, pure)
     nnx.update(model, state)
+
+
+def backbone_torch_map(model) -> tuple[TorchMapT, str]:
+    """The torch map of a v2 model's timm backbone as timm names it (no prefix; ConvNeXt's `head.norm`, which the
+    upstream heads reuse, included), and a description of where it lands."""
+    from btsbot_jax.models import v2
+    from btsbot_jax.models.v2_layers import module_map
+
+    owner, path = model, ()
+    if isinstance(model, v2.frozen_fusion):
+        owner, path = model.image_branch, ("image_branch",)
+    if isinstance(owner, v2.ConvNeXt):
+        m = owner.convnext.torch_map((*path, "convnext"))
+        m.update(module_map(owner.head_norm, (*path, "head_norm"), "head.norm"))
+        return m, "/".join((*path, "convnext"))
+    if isinstance(owner, v2.MaxViT):
+        return owner.maxvit.torch_map((*path, "maxvit")), "/".join((*path, "maxvit"))
+    if isinstance(model, v2.mm_ConvNeXt):
+        m = model.convnext_backbone.torch_map(("convnext_backbone",))
+        if model.head_norm is not None:
+            m.update(module_map(model.head_norm, ("head_norm",), "head.norm"))
+        return m, "convnext_backbone"
+    if isinstance(model, v2.mm_MaxViT):
+        return model.maxvit_backbone.torch_map(("maxvit_backbone",)), "maxvit_backbone"
+    raise TorchImportError(f"a {type(model).__name__} model has no image backbone")
+
+
+def load_backbone_into(model, state_dict: dict[str, np.ndarray], source: str = "backbone weights") -> list[str]:
+    """Copy a timm checkpoint of the backbone (e.g. `timm/convnext_pico.d1_in1k` or the Galaxy Zoo encoder
+    `mwalmsley/zoobot-encoder-convnext_pico`) into a v2 model, as upstream's `timm.create_model(pretrained=True)`
+    does; the classifier (`head.fc.*`) is dropped. Every backbone weight must be present and fit; returns the
+    checkpoint keys that were not used."""
+    tmap, where = backbone_torch_map(model)
+    sd = {k: v for k, v in state_dict.items() if not k.endswith(IGNORED)}
+    missing = tmap.keys() - sd.keys()
+    if missing:
+        raise TorchImportError(f"{source}: missing key(s) for the {where} backbone: {_fmt_keys(missing)}")
+    unused = sorted(sd.keys() - tmap.keys())
+    stray = [k for k in unused if not k.startswith("head.")]
+    if stray:
+        raise TorchImportError(f"{source}: key(s) that are not part of the {where} backbone: {_fmt_keys(stray)}")
+    _assign(model, {k: sd[k] for k in tmap}, tmap, source)
+    return unused
 
 
 def _default_version(model_dir: Path) -> str:
@@ -284,5 +333,6 @@ def import_torch(model_dir: str | os.PathLike, out_dir: str | os.PathLike, versi
     return save_model(model, out_dir, card)
 
 
-__all__ = ["RestrictedUnpickler", "TorchImportError", "UnsafeWeightsError", "import_torch", "load_state_into",
+__all__ = ["RestrictedUnpickler", "TorchImportError", "UnsafeWeightsError", "import_torch", "load_backbone_into",
+           "load_state_into",
            "read_safetensors", "read_state_dict", "read_torch_bin"]

@@ -28,8 +28,6 @@ KINDS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "dense": lambda w: np.transpose(w.reshape(w.shape[0], w.shape[1]), (1, 0)),
     "same": lambda w: w,
 }
-# BatchNorm bookkeeping that carries no weight: accepted in a state_dict, not stored.
-IGNORED_SUFFIXES = ("num_batches_tracked",)
 
 # Layers are created abstractly (nnx.eval_shape) and their values filled by models.v2.build_v2_model (timm's
 # initialisation, drawn with numpy), so the initialiser here is only a cheap placeholder to trace.
