@@ -12,8 +12,8 @@ import ml_collections
 
 from btsbot_jax.models import cnn
 from btsbot_jax.models.cnn import ARCHITECTURES, BTSbot, count_parameters
+from btsbot_jax.models.v2 import V2_ARCHITECTURES, build_v2_model, default_v2_model_config
 
-V2_ARCHITECTURES = ("v2_ConvNeXt", "v2_MaxViT", "v2_mm_ConvNeXt", "v2_mm_MaxViT", "v2_um_nn", "v2_frozen_fusion")
 ALL_ARCHITECTURES = (*ARCHITECTURES, *V2_ARCHITECTURES)
 
 
@@ -24,8 +24,6 @@ def is_v2(architecture: str) -> bool:
 def default_model_config(architecture: str = "mm_cnn") -> ml_collections.ConfigDict:
     """v1: Table 2 of Rehemtulla et al. 2024; v2: the settings of the published v2 models."""
     if is_v2(architecture):
-        from btsbot_jax.models.v2 import default_v2_model_config
-
         return default_v2_model_config(architecture)
     return cnn.default_model_config(architecture)
 
@@ -33,8 +31,6 @@ def default_model_config(architecture: str = "mm_cnn") -> ml_collections.ConfigD
 def create_model(cfg: ml_collections.ConfigDict | None = None, seed: int = 0):
     """A freshly initialised model of a model config (defaults: the paper's mm_cnn)."""
     if cfg is not None and is_v2(cfg["architecture"]):
-        from btsbot_jax.models.v2 import build_v2_model
-
         return build_v2_model(cfg, seed)
     return cnn.create_model(cfg, seed)
 
