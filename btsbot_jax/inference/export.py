@@ -21,6 +21,10 @@ Routes, and why (tried with jax 0.10.2, TF 2.21, onnx 1.23, onnxruntime 1.32):
   -> `model([triplet, features], training=False)`, with float64 inputs and features shaped (N,25,1)), so it
   swaps in for v1.0.1 unchanged.
 
+BTSbot v2 models (architectures `v2_*`, Rehemtulla et al. 2025) export to stablehlo (the same route) and to an ONNX
+with upstream's signature (`image` NCHW and/or `metadata` -> `logits`, what BOOM's v2 loads; written by
+btsbot_jax.inference.export_v2); `all` means those two, and both are checked to TOLERANCE_V2 (scores and logits).
+
 Every export is verified before it is published: the artifact is loaded back with its runtime
 (`btsbot_jax.inference.runtimes`) and scored against the Flax model on probe inputs (metadata drawn around the BatchNorm
 statistics, so the probe lies where the model was trained); a max difference above TOLERANCE aborts the export
