@@ -1,7 +1,9 @@
 """`btsbot-export --checkpoint=CKPT --format=stablehlo|onnx|savedmodel|all --out=DIR`.
 
-CKPT is a model directory or a training workdir (its best/ checkpoint). Every export is checked against the Flax
-model before it is written; the measured max difference is printed and recorded in DIR/model_card.json.
+CKPT is a model directory or a training workdir (its best/ checkpoint). For a BTSbot v2 model the ONNX has upstream's
+signature (`image` (N,3,63,63), `metadata` -> `logits`, what BOOM loads) and `all` writes stablehlo + onnx.
+Every export is checked against the Flax model before it is written; the measured max difference is printed and
+recorded in DIR/model_card.json.
 """
 
 from absl import flags
