@@ -96,7 +96,8 @@ MISTAKES = [  # (script, args, what the message must say)
     ("btsbot-score", ["--checkpoint=m", "--input=a", "--output=s.csv", "extra"], "unexpected arguments"),
     ("btsbot-score", ["--checkpoint=m", "--input=a", "--output=s.csv", "--num_shards=2", "--shard_index=2"],
      "--shard_index=2 must be < --num_shards=2"),
-    ("btsbot-stream", [], "missing required flag(s) --bootstrap_servers, --topics, --group_id, --checkpoint"),
+    # (--checkpoint of btsbot-stream defaults to the packaged v1.0.1)
+    ("btsbot-stream", [], "missing required flag(s) --bootstrap_servers, --topics, --group_id"),
     ("btsbot-evaluate", ["--scores=s.csv", "--checkpoint=m", "--data=d", "--out=r"], "exactly one of"),
     ("btsbot-evaluate", ["--out=r"], "exactly one of"),
     ("btsbot-evaluate", ["--scores=s.csv", "--out=r", "--threshold=1.5"], "--threshold=1.5 must be between 0 and 1"),
