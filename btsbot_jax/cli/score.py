@@ -61,7 +61,7 @@ def _main(argv):
     try:  # the column order the model states (inside the artifact for exports) must be the one ingestion builds
         check_scorer_columns(scorer)
     except ColumnOrderError as e:
-        raise UsageError(f"refusing --checkpoint={FLAGS.checkpoint}: {e}") from e
+        raise UsageError(f"refusing checkpoint {FLAGS.checkpoint}: {e}") from e
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
                          shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb,
