@@ -12,7 +12,8 @@ DOCS = [ROOT / "README.md", ROOT / "benchmarks" / "README.md", *sorted((ROOT / "
 # Pages and commands that other branches add; tolerated only while absent, checked like the rest once they exist.
 PENDING_PAGES = {"docs/v2.md", "docs/security.md", "docs/spark.md", "docs/install.md", "docs/multi_host.md"}
 PENDING_SCRIPTS = {"btsbot-import-torch", "btsbot-spark-score"}
-ABSL_FLAGS = {"help", "helpfull", "verbosity", "v", "logtostderr", "alsologtostderr"}
+# flags every command has (absl's own, and --version from btsbot_jax.cli.run)
+ABSL_FLAGS = {"help", "helpshort", "helpfull", "verbosity", "v", "logtostderr", "alsologtostderr", "version"}
 
 
 def _flags_defined(path: Path) -> set[str]:
