@@ -67,7 +67,7 @@ def simulated_packets(n: int = 6, seed: int = 3) -> tuple[bytes, ...]:
     out: list[bytes] = []
     i = 0
     while len(out) < n and i < 50:
-        recs, _ = simulate_source(draw_source(i, "train", seed), nights, seed)
+        recs, _ = simulate_source(draw_source(i, ("trues", "vars", "dims", "rejects")[i % 4], seed), nights, seed)
         i += 1
         if not recs:
             continue
@@ -239,8 +239,14 @@ def mutate(data: bytes, rng: np.random.Generator, donors: list[bytes]) -> tuple[
     """One seeded mutation of a packet: (kind, mutated bytes)."""
     b = bytearray(data)
     n = len(b)
-    kind = ("bitflip", "byterun", "truncate", "splice", "duplicate", "varint", "header_bitflip")[rng.integers(7)]
-    if kind == "bitflip":
+    kinds = ("bitflip", "byterun", "truncate", "splice", "duplicate", "varint", "header_bitflip", "record_bitflip")
+    kind = kinds[rng.integers(len(kinds))]
+    if kind == "record_bitflip":  # the record's first bytes: ids, candidate fields, light curve (not the stamps)
+        start = _record_start(data)
+        for _ in range(int(rng.integers(1, 4))):
+            i = min(n - 1, start + int(rng.integers(3000)))
+            b[i] ^= 1 << int(rng.integers(8))
+    elif kind == "bitflip":
         for _ in range(int(rng.integers(1, 9))):
             i = int(rng.integers(n))
             b[i] ^= 1 << int(rng.integers(8))
@@ -267,6 +273,18 @@ def mutate(data: bytes, rng: np.random.Generator, donors: list[bytes]) -> tuple[
         v = int(rng.choice([1 << 40, -(1 << 40), (1 << 62), -1, 1 << 20, 0x7FFFFFFF]))
         b[i:i + 1] = zigzag(v)
     return kind, bytes(b)
+
+
+def _record_start(data: bytes) -> int:
+    from btsbot_jax.ingest.readers import _parse_container_header, _read_long
+
+    try:
+        _, _, pos = _parse_container_header(data)
+        _, pos = _read_long(data, pos)
+        _, pos = _read_long(data, pos)
+        return pos
+    except Exception:  # noqa: BLE001 - not a container: anywhere
+        return 0
 
 
 # --------------------------------------------------------------------------------------------------- meter
