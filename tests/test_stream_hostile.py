@@ -37,6 +37,7 @@ from btsbot_jax.serve.stream import StreamScorer
 
 POISON_BATCH_BOUND_MS = 5_000   # one batch holding one poison message (the gzip bomb took ~90 s before the limits)
 POISON_RSS_BOUND_MB = 300       # growth of the process's peak RSS over the whole poison run (the bomb: ~1.2 GB)
+DOWN_S = 10                     # how long the broker stays dead (longer than a few commit retries)
 
 
 @pytest.mark.slow
@@ -136,7 +137,7 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(s3_broker, scorer,
         before = committed(b, "r_group", "r_in")
         b.kill()
         assert stream.stats.messages < len(values), "killed too late to test anything"
-        time.sleep(3)  # the scorer meets a dead broker: connections refused, commits fail
+        time.sleep(DOWN_S)  # the scorer meets a dead broker: connections refused, commits and deliveries wait
         b.restart()
         deadline = time.monotonic() + 300
         while not set(_outputs(b, "r")) >= set(where):
