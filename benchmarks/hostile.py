@@ -5,7 +5,7 @@ plus the fuzz rate of tests/test_fuzz.py's seeded mutants.
     .venv/bin/python benchmarks/hostile.py                      # -> benchmarks/results/hostile_cpu.json
     .venv/bin/python benchmarks/hostile.py --before=/path/to/old/checkout --timeout=60
         # also runs each case against another checkout's btsbot_jax (e.g. the commit before the limits), each in a
-        # child process with a time limit and a 4 GiB address-space cap: an unbounded case shows as killed.
+        # child process with a time limit and a 3 GiB address-space cap: an unbounded case shows as killed.
 
 The cases are the ones tests/hostile_packets.py builds (a 463 kB gzip bomb in the science stamp, a 2^40-item block
 of nulls, oversized strings, deep and recursive schemas, a deflate bomb, a framed LSST message, ...).
@@ -53,11 +53,11 @@ print(json.dumps({{"bytes": len(data), "wall_ms": min(walls) * 1e3, "cpu_ms": mi
 def run_case(case: str, code_root: Path, timeout: float) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_root), "TF_CPP_MIN_LOG_LEVEL": "2"}
     src = CHILD.format(tests=str(REPO / "tests"), case=case)
-    cmd = [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({4 << 30}, {4 << 30}))\n"
+    cmd = [sys.executable, "-c", f"import resource; resource.setrlimit(resource.RLIMIT_AS, ({3 << 30}, {3 << 30}))\n"
            + src]
     t0 = time.perf_counter()
     try:
-        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=code_root)
     except subprocess.TimeoutExpired:
         return {"outcome": f"still running after {timeout:.0f} s (killed)"}
     if out.returncode != 0:

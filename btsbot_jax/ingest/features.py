@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -104,8 +104,10 @@ def _field(cand: Mapping, name: str) -> float:
 def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple[float, float]]:
     """(jd, magpsf) of the detections among light-curve entries (candidate/prv_candidate dicts or whole alerts)."""
     out = []
-    if not entries:
+    if entries is None or (isinstance(entries, Sized) and len(entries) == 0):
         return out
+    if isinstance(entries, (str, bytes, bytearray, Mapping)) or not isinstance(entries, Iterable):
+        raise AlertError(f"{label} is a {type(entries).__name__}, not a list of records")
     for i, e in enumerate(entries):
         if e is None:
             continue
@@ -113,6 +115,8 @@ def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple
             e = e.record
             if e is None:
                 continue
+        if not isinstance(e, Mapping):
+            raise AlertError(f"{label}[{i}] is a {type(e).__name__}, not a record")
         if "candidate" in e and isinstance(e.get("candidate"), Mapping):  # a whole earlier alert
             out += _history_points(e.get("prv_candidates"), f"{label}[{i}].prv_candidates")
             out += _history_points([e["candidate"]], f"{label}[{i}].candidate")
@@ -356,9 +360,14 @@ def _ids(record: Any) -> tuple[int | None, str | None]:
     o = record.get("objectId")
     try:
         c = int(c) if c is not None and not isinstance(c, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        c = None
+    if c is not None and not _INT64[0] <= c <= _INT64[1]:  # beyond an avro long: not an id
         c = None
     return c, (o if isinstance(o, str) else None)
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def _name(source: str, candid: int | None, oid: str | None) -> str:
@@ -431,6 +440,11 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
         except AlertError as e:
             rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {e}", candid, oid, _kind(str(e))))
             continue
+        except Exception as e:  # noqa: BLE001 - a packet is not trusted: whatever it does, it is one rejected row
+            reason = f"unusable record ({type(e).__name__}: {e})"
+            rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {reason}", candid, oid,
+                                     "invalid alert"))
+            continue
         cand = record["candidate"]
         row = len(rows)
         rows.append((candid, oid, float(cand["jd"]), float(cand["magpsf"]), cand.get("fid"), source))
@@ -474,7 +488,8 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
         "objectId": pd.Series(cols[1], dtype=object),
         "jd": np.asarray(cols[2], np.float64),
         "magpsf": np.asarray(cols[3], np.float64),
-        "fid": pd.array([f if isinstance(f, (int, np.integer)) else None for f in cols[4]], dtype="Int64"),
+        "fid": pd.array([f if isinstance(f, (int, np.integer)) and _INT64[0] <= f <= _INT64[1] else None
+                         for f in cols[4]], dtype="Int64"),
         "source": pd.Series(cols[5], dtype=object),
     })
     metadata = np.stack(metas) if metas else np.zeros((0, NUM_METADATA), np.float32)

@@ -311,7 +311,7 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
         return
     try:
         meta, sync, pos = _parse_container_header(buf)
-        codec = meta.get("avro.codec", b"null").decode() or "null"
+        codec = meta.get("avro.codec", b"null").decode("utf-8", "replace") or "null"
         schema_text = meta.get("avro.schema")
         if schema_text is None:
             raise _Corrupt("no avro.schema in the header")
