@@ -84,7 +84,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=RESULTS_DIR / "hostile_cpu.json")
     args = ap.parse_args()
     os.environ.setdefault("BTSBOT_SHARED", str(REPO.parent / "shared"))
-    sys.path.insert(0, str(REPO / "tests"))
+    sys.path[:0] = [str(REPO), str(REPO / "tests")]  # this checkout's package, whatever is installed
     import hostile_packets as H
 
     result = {"benchmark": "hostile", "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -95,6 +95,7 @@ def main() -> None:
             row["before"] = run_case(case, args.before, args.timeout)
         result["cases"][case] = row
         print(case, json.dumps(row), flush=True)
+    write_json(args.json, result)
     if args.fuzz:
         result["fuzz"] = fuzz_rate(args.fuzz)
         print("fuzz", json.dumps(result["fuzz"]), flush=True)
