@@ -263,3 +263,28 @@ def test_type_confused_records_are_rejected_not_raised():
                 _check_outcome([r], p, f"{path}={w!r}")
                 n += 1
     assert n == len(paths) * len(weird) * 2
+
+
+def test_declared_record_counts_are_bounded_by_the_bytes():
+    """A block may not declare more records than its bytes can hold (the schema's smallest record), nor more than
+    MAX_BLOCK_RECORDS; a message yields at most MAX_MESSAGE_RECORDS rows: a short message cannot become a
+    million rejected rows."""
+    from btsbot_jax.ingest.avro import min_encoded_size
+    from btsbot_jax.ingest.readers import MAX_BLOCK_RECORDS, MAX_MESSAGE_RECORDS
+
+    rec = {"type": "record", "name": "r", "fields": [{"name": "a", "type": "double"}, {"name": "b", "type": "string"},
+                                                      {"name": "c", "type": ["null", "float"]}]}
+    assert min_encoded_size(rec) == 8 + 1 + 1
+    assert min_encoded_size({"type": "array", "items": "long"}) == 1 and min_encoded_size("null") == 0
+    (a,) = decode_avro_bytes(container(rec, bytes(100), count=11, size=100), "too many for the bytes")
+    assert a.error and "declares 11 records of at least 10 bytes in 100 bytes" in a.error
+    got = decode_avro_bytes(container(rec, bytes(100), count=10, size=100), "fits")
+    assert len(got) == 10 and all(g.error is None for g in got)
+    (a,) = decode_avro_bytes(container('"null"', b"", count=MAX_BLOCK_RECORDS + 1, size=1 << 20), "many nulls")
+    assert a.error and f"block of {MAX_BLOCK_RECORDS + 1} records" in a.error
+    blocks = b"".join(zigzag(5000) + zigzag(5000) + bytes(5000) + b"S" * 16 for _ in range(3))
+    data = container('"long"', b"", count=0, size=0)[:-(16 + 2)] + blocks  # 15,000 records of 0 in three blocks
+    got = decode_avro_bytes(data, "flood")
+    assert len(got) == MAX_MESSAGE_RECORDS + 1 and "more than 10000 records" in got[-1].error
+    prep = prepare_batch(got)  # and no pixels are allocated for rows that are not records
+    assert len(prep.rejected) == len(got)

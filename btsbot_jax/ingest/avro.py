@@ -103,6 +103,36 @@ def check_schema(schema: Any) -> None:
     walk(schema, None, ())
 
 
+def min_encoded_size(schema: Any) -> int:
+    """Fewest bytes any record of `schema` takes (a block cannot hold more records than its bytes allow).
+    For schemas `check_schema` accepts (no recursion); 1 for anything it cannot size."""
+    c = _Compiler(lenient=True)
+    memo: dict[str, int] = {}
+
+    def size(s: Any, ns: str | None) -> int:
+        s, ns = c.resolve(s, ns)
+        if isinstance(s, list):
+            return 1 + min((size(br, ns) for br in s), default=0)
+        t = s if isinstance(s, str) else s.get("type")
+        if t in ("record", "error"):
+            full = c.fullname(s, ns)
+            if full not in memo:
+                memo[full] = 0  # (a cycle counts 0: never more than the truth)
+                inner = full.rsplit(".", 1)[0] if "." in full else None
+                memo[full] = sum(size(f["type"], inner) for f in s["fields"])
+            return memo[full]
+        if t == "fixed":
+            return int(s["size"])
+        return {"null": 0, "boolean": 1, "int": 1, "long": 1, "enum": 1, "float": 4, "double": 8, "string": 1,
+                "bytes": 1, "array": 1, "map": 1}.get(t, 0)
+
+    try:
+        c.register(schema, None)
+        return size(schema, None)
+    except (Unsupported, KeyError, TypeError, ValueError, RecursionError):
+        return 1
+
+
 def _too_many(n: int, b: bytes, p: int):
     raise ValueError(f"block declares {n} items, more than the {len(b) - p} bytes left allow")
 
@@ -484,5 +514,5 @@ def _load(c: _Compiler):
 
 
 __all__ = ["MAX_FIXED_SIZE", "MAX_SCHEMA_DEPTH", "MAX_SCHEMA_NODES", "SKIP", "SchemaRejected", "Unsupported",
-           "check_schema",
+           "check_schema", "min_encoded_size",
            "compile_decoder", "compile_validator"]

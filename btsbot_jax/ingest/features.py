@@ -416,7 +416,9 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
     # Full-size cutouts are copied into one (n, 3, 63, 63) stack as soon as they are decoded (converting the
     # big-endian FITS pixels on the way), so each inflated stamp buffer is freed at once and the allocator hands
     # the next stamp the same, cache-hot memory: ~15 us a stamp faster than keeping a batch of buffers alive.
-    stack = np.empty((len(alerts), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    # (rows only for records that could be scored: undecodable ones, however many, cost no pixels)
+    n_decoded = sum(1 for a in alerts if not isinstance(a, RawAlert) or (a.error is None and a.record is not None))
+    stack = np.empty((n_decoded, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     full_rows: list[int] = []
     partial: dict[int, list[np.ndarray]] = {}  # row -> cutouts of which one or more is smaller than 63x63
 

@@ -45,7 +45,7 @@ from typing import Any
 import fastavro
 
 from btsbot_jax.constants import CUSTOM_FEATURES, METADATA_COLUMNS
-from btsbot_jax.ingest.avro import SKIP, check_schema, compile_decoder, compile_validator
+from btsbot_jax.ingest.avro import SKIP, check_schema, compile_decoder, compile_validator, min_encoded_size
 
 AVRO_MAGIC = b"Obj\x01"
 PARQUET_MAGIC = b"PAR1"
@@ -58,6 +58,8 @@ ZTF_TOP_LEVEL = ("schemavsn", "publisher", "objectId", "candid", "candidate", "p
 PARQUET_BATCH_ROWS = 256
 MAX_SCHEMA_BYTES = 1 << 20   # writer schema text of one container (ZTF's: ~20 kB)
 MAX_BLOCK_BYTES = 16 << 20   # one container block, stored and inflated (a ZTF alert: ~20-100 kB)
+MAX_BLOCK_RECORDS = 10_000   # records one block may declare (ZTF: 1; fastavro's default blocks: ~16 kB)
+MAX_MESSAGE_RECORDS = 10_000  # records one message (decode_avro_bytes) yields; the rest is one error row
 CODECS = ("null", "deflate", "bzip2", "xz")
 # What prepare_batch needs (and the light curve's essentials): every candidate field, a few fields of each
 # prv_candidates entry, no forced-photometry history.
@@ -152,6 +154,19 @@ def _fastavro_decoder(parsed, projection, validate):
     return decode
 
 
+class _Decoder:
+    """A record decoder and the fewest bytes a record of its schema takes."""
+
+    __slots__ = ("decode", "min_size")
+
+    def __init__(self, decode, min_size: int):
+        self.decode = decode
+        self.min_size = max(int(min_size), 1)  # a record of no size still counts one byte against a block
+
+    def __call__(self, b: bytes, p: int):
+        return self.decode(b, p)
+
+
 class _SchemaCache:
     """Record decoders keyed by the schema's JSON text and the projection (ZTF repeats one schema per file)."""
 
@@ -183,6 +198,7 @@ class _SchemaCache:
                 if validate is None:
                     raise ValueError("schema construct beyond the bounded decoder")
                 dec = _fastavro_decoder(parsed, projection, validate)
+            dec = _Decoder(dec, min_encoded_size(schema))
             self._d[k] = dec
             if len(self._d) > self._size:
                 self._d.popitem(last=False)
@@ -341,6 +357,10 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
                 raise _Corrupt(f"implausible block header (count={count}, size={size})")
             if size > MAX_BLOCK_BYTES:
                 raise _Corrupt(f"block of {size} bytes (limit {MAX_BLOCK_BYTES})")
+            if count > MAX_BLOCK_RECORDS:
+                raise _Corrupt(f"block of {count} records (limit {MAX_BLOCK_RECORDS})")
+            if codec == "null" and count * schema.min_size > size:
+                raise _Corrupt(f"block declares {count} records of at least {schema.min_size} bytes in {size} bytes")
         except _Corrupt as e:
             for _ in ords.take(1):
                 yield _emit(stats, RawAlert(_name(base, index, always_index, 2 if index else 1), None,
@@ -371,6 +391,12 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
                         yield _emit(stats, RawAlert(_name(base, index + j, always_index, total), None,
                                                     f"corrupt avro: {codec} block at byte {block_start}: {e}"))
                     data = None
+            if data is not None and count * schema.min_size > len(data):
+                for j in mine:
+                    yield _emit(stats, RawAlert(_name(base, index + j, always_index, total), None,
+                                                f"corrupt avro: {codec} block at byte {block_start} declares {count} "
+                                                f"records of at least {schema.min_size} bytes in {len(data)} bytes"))
+                data = None
             if data is not None:
                 yield from _decode_block(data, schema, count, mine, base, index, always_index, total, stats)
         index += count
@@ -441,14 +467,23 @@ def _inflate_block(codec: str, data: bytes, limit: int = MAX_BLOCK_BYTES) -> byt
     return out
 
 
-def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = None) -> list[RawAlert]:
-    """One avro container (a Kafka message, or a file's bytes) -> its records.
+def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = None,
+                      max_records: int = MAX_MESSAGE_RECORDS) -> list[RawAlert]:
+    """One avro container (a Kafka message, or a file's bytes) -> its records (at most `max_records`, then one
+    error row for the rest: a message's declared record count is the sender's, not a promise).
 
     The source is used as is for a single-record container, "<source>#<i>" when it holds several.
     `projection=SCORING_PROJECTION` decodes only what scoring needs (faster).
     """
     ords = _Ordinals(1, 0, ReadStats(), projection)
-    return list(_decode_container(bytes(data), source, ords, always_index=False))
+    out = []
+    for a in _decode_container(bytes(data), source, ords, always_index=False):
+        if len(out) == max_records:  # a message is one alert in ZTF: far more is an attack, not a stream
+            out.append(RawAlert(f"{source}#{max_records}+", None,
+                                f"corrupt avro: message holds more than {max_records} records; the rest is not read"))
+            break
+        out.append(a)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- parquet
