@@ -169,20 +169,17 @@ def matmul_gflops(seconds: float = 2.0, n: int = 1024) -> dict[str, float]:
 
 def model_dir(workdir: Path, checkpoint: str | None = None) -> tuple[Path, str]:
     """(model directory, where its weights come from): `checkpoint` if given, else the published v1.0.1 weights
-    imported from ../shared/data (so every ratio to TF v1.0.1 compares the same model), else a fresh mm_cnn."""
+    imported from ../shared/data (so every ratio to TF v1.0.1 compares the same model), else the same weights as
+    shipped inside the package (bit-identical; tests/test_packaged_weights.py)."""
     if checkpoint:
         return Path(checkpoint), f"checkpoint {checkpoint}"
     if V101_SAVED_MODEL.exists():
         from btsbot_jax.inference.import_keras import import_keras
 
         return Path(import_keras(V101_SAVED_MODEL, workdir / "v101")), "v1.0.1 imported from ../shared/data"
-    from btsbot_jax.models import create_model, default_model_config
-    from btsbot_jax.models.model_dir import make_model_card, save_model
+    from btsbot_jax.weights import packaged_model_dir
 
-    cfg = default_model_config()
-    d = workdir / "fresh"
-    save_model(create_model(cfg, seed=0), d, make_model_card(cfg, version="benchmark-fresh"))
-    return d, "freshly initialised mm_cnn (v1.0.1 weights absent)"
+    return packaged_model_dir("v1.0.1"), "v1.0.1 shipped in the package (btsbot_jax/weights)"
 
 
 # ----------------------------------------------------------------------------------------------- timing

@@ -51,7 +51,8 @@ flags.DEFINE_integer("extra_alerts", 4096, "Alerts through the pipeline at each 
 flags.DEFINE_integer("kowalski_alerts", 1200, "Alerts through the Kowalski-style loop at the main batch size (over "
                      "all rounds; a third of that at each extra batch size).")
 flags.DEFINE_integer("rounds", 4, "Interleaved rounds.")
-flags.DEFINE_string("checkpoint", None, "Model directory (default: v1.0.1 imported from ../shared/data, else fresh).")
+flags.DEFINE_string("checkpoint", None,
+                    "Model directory (default: v1.0.1 imported from ../shared/data, else the packaged v1.0.1).")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON and PNG go.")
 flags.DEFINE_string("tag", None, "File name stem (default end_to_end_<backend>[_quick]).")
 

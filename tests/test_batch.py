@@ -50,6 +50,7 @@ def _corpus(tmp_path, variant):
     return root, build_corpus(root, schema, packet)
 
 
+@pytest.mark.slow
 def test_v101_parity_on_all_real_packets(v101_checkpoint, tf_v101):
     require(ZTF_ALERTS)
     require(ZTF_ALERTS_FINK)
@@ -161,6 +162,7 @@ def _cli(*args):
                           cwd=REPO, timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     root, expected = _corpus(tmp_path, "synthetic")
     out = tmp_path / "out" / "scores.csv"
@@ -182,6 +184,7 @@ def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     assert "btsbot-score" in p.stderr  # the progress bar
 
 
+@pytest.mark.slow
 def test_cli_exit_zero_on_bad_alerts_and_two_on_bad_flags(tmp_path, tiny_model):
     root, expected = _corpus(tmp_path, "synthetic")
     out = tmp_path / "s.parquet"
@@ -194,6 +197,7 @@ def test_cli_exit_zero_on_bad_alerts_and_two_on_bad_flags(tmp_path, tiny_model):
     assert bad.returncode == 2 and ".csv or .parquet" in bad.stderr
 
 
+@pytest.mark.slow
 def test_decode_workers_give_the_same_results(tmp_path, tiny_scorer):
     root, expected = _corpus(tmp_path, "synthetic")
     one = score_paths(tiny_scorer, root, batch_size=4, progress=False)

@@ -167,6 +167,7 @@ def test_scorer_splits_like_padding(tmp_path):
     np.testing.assert_allclose(full[64:], scorer(t[64:], m[64:]), atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("image_size,kernel", [(63, 5), (63, 3), (63, 7), (40, 5), (17, 3)])
 def test_image_branch_skipped_rows_change_nothing(image_size, kernel):
     """The image branch computes only the conv rows its VALID pools keep; the result equals the plain SAME

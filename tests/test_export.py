@@ -55,6 +55,7 @@ def test_v101_exports_match_flax_on_real_alerts(v101_export, v101_checkpoint, us
     assert 0 < (expected > 0.5).sum() < 39  # both decisions occur, so the comparison means something
 
 
+@pytest.mark.slow
 def test_v101_exports_match_flax_on_simulated_packets(v101_export, v101_checkpoint, tmp_path):
     """Mock ZTF packets from the simulator, through the same ingestion code as real ones."""
     from btsbot_jax.ingest.features import prepare_batch
@@ -115,6 +116,7 @@ FRESH = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(FRESH))
 def test_fresh_models_of_each_architecture_export_equal(arch, tmp_path):
     cfg, model = _randomised_model(arch, seed=7, **FRESH[arch])
@@ -165,6 +167,7 @@ def test_onnx_graph_is_what_boom_expects(v101_export):
         "Concat", "Sigmoid"}
     props = {p.key: p.value for p in model.metadata_props}
     assert props["version"] == "v1.0.1" and json.loads(props["metadata_columns"])[17] == "drb"
+    assert json.loads(props["model_card"])["model_version"] == "v1.0.1" and props["output_meaning"] == "score"
     # dynamic batch straight in onnxruntime, the way BOOM calls it
     sess = ort.InferenceSession(str(v101_export / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
     for n in (1, 5):
@@ -239,6 +242,7 @@ def _real_packets():
     return prep, first
 
 
+@pytest.mark.slow
 def test_onnx_v101_same_decisions_as_published_tf_on_all_real_packets(v101_export, tf_v101):
     prep, first = _real_packets()
     assert first.sum() == 768 and not prep.rejected, [r.reason for r in prep.rejected[:5]]
@@ -346,6 +350,7 @@ def test_failed_parity_check_writes_nothing(small_model_dir, tmp_path, monkeypat
     assert list(tmp_path.iterdir()) == []  # neither the export nor its temporary directory
 
 
+@pytest.mark.slow
 def test_cli_exports_a_training_workdir(small_model_dir, tmp_path):
     workdir = tmp_path / "run"
     shutil.copytree(small_model_dir, workdir / "best")
@@ -364,3 +369,31 @@ def test_cli_exports_a_training_workdir(small_model_dir, tmp_path):
     missing = subprocess.run([*cmd[:3], f"--checkpoint={tmp_path / 'nope'}", "--format=onnx",
                               f"--out={tmp_path / 'y'}"], capture_output=True, text=True, timeout=300)
     assert missing.returncode == 1 and "does not exist" in missing.stderr
+
+
+@pytest.mark.slow
+def test_packaged_v101_exports_describe_themselves(tmp_path):
+    """No ../shared needed: the weights shipped in the package export, and each artifact says what it is."""
+    import onnx
+    import tensorflow as tf
+
+    from btsbot_jax import __version__
+
+    card = export_model("v1.0.1", tmp_path / "onnx", "onnx")
+    assert card["version"] == "v1.0.1" and card["exported_from"]["format"] == "btsbot-jax/safetensors"
+    assert card["verification"]["max_abs_diff"] < 1e-5
+    props = {p.key: p.value for p in onnx.load(str(tmp_path / "onnx" / "model.onnx")).metadata_props}
+    inside = json.loads(props["model_card"])
+    assert inside == card["deployment"] and inside["model_version"] == "v1.0.1"
+    assert inside["btsbot_jax_version"] == __version__ and inside["architecture"] == "mm_cnn"
+    export_model("v1.0.1", tmp_path / "sm", "savedmodel")
+    loaded = tf.saved_model.load(str(tmp_path / "sm"))
+    assert set(loaded.signatures) == {"serving_default", "model_card"}
+    assert json.loads(loaded.signatures["model_card"]()["model_card"].numpy()) == inside
+    rng = np.random.default_rng(1)
+    t = rng.normal(size=(4, 63, 63, 3)).astype(np.float32)
+    t /= np.linalg.norm(t, axis=(1, 2), keepdims=True)
+    m = rng.normal(size=(4, 25)).astype(np.float32)
+    flax = load_scorer("v1.0.1")(t, m)
+    for d in ("onnx", "sm"):
+        np.testing.assert_allclose(load_scorer(tmp_path / d)(t, m), flax, atol=1e-5, rtol=0)

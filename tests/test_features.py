@@ -36,6 +36,7 @@ def packet():
     return next(fastavro.reader(io.BytesIO(avro_bytes(synthetic_schema(), [made]))))
 
 
+@pytest.mark.slow
 def test_real_packets_match_independent_reference():
     require(ZTF_ALERTS)
     require(ZTF_ALERTS_FINK)

@@ -34,6 +34,7 @@ def test_every_keras_variable_lands_unchanged(v101_checkpoint):
     assert n == params == 227_811 + 50
 
 
+@pytest.mark.slow
 def test_cli_writes_a_loadable_model_directory(tmp_path):
     require(V101_SAVED_MODEL)
     out = tmp_path / "v101"
@@ -46,6 +47,7 @@ def test_cli_writes_a_loadable_model_directory(tmp_path):
     assert card["version"] == "v1.0.1" and card["provenance"]["saved_model_dir"].endswith("best_model")
 
 
+@pytest.mark.slow
 def test_cli_reports_a_missing_directory(tmp_path):
     r = subprocess.run(
         [sys.executable, "-m", "btsbot_jax.cli.import_keras", f"--saved_model={tmp_path / 'nope'}",

@@ -56,6 +56,7 @@ def test_um_nn_ignores_images_and_um_cnn_ignores_metadata():
     np.testing.assert_array_equal(cnn(t1, m1), cnn(t1, m2))
 
 
+@pytest.mark.slow
 def test_dropout_active_in_train_mode_only():
     m = create_model()
     t = jax.random.normal(jax.random.key(0), (8, 63, 63, 3))

@@ -1,5 +1,5 @@
 """Source-level policies: hand-built sources with answers worked out by hand, causal segmented helpers against
-pandas, and the vectorised bts_p1/bts_p2 against a plain per-source loop on random data."""
+pandas, and the vectorised bts_p1/bts_p2/prod_p1/prod_p2 against a plain per-source loop on random data."""
 
 import numpy as np
 import pandas as pd
@@ -9,6 +9,9 @@ from btsbot_jax.evaluation import policies as P
 from btsbot_jax.evaluation.policies import (
     BTS_P1,
     BTS_P2,
+    DEFAULT_POLICIES,
+    PROD_P1,
+    PROD_P2,
     Policy,
     PolicyError,
     group_alerts,
@@ -45,6 +48,26 @@ EXPECTED_P1 = {"tie19": (3, 18.9), "tie185": (2, 18.7), "onepos": None, "late": 
 EXPECTED_P2 = {"tie19": (3, 18.9), "tie185": (2, 18.7), "onepos": None, "late": (4, 18.4), "half": (4, 18.1),
                "single": None, "faint": None}
 
+# BTSbot v2's production policies (Rehemtulla et al. 2025): prod_p1 = 1 alert so far with score > 0.85 and
+# magpsf < 19; prod_p2 = prod_p1 and brightest magpsf so far <= 18.5. Worked out by hand on HAND plus:
+HAND_PROD = HAND + [
+    # score exactly 0.85 is not > 0.85: selected at the 2nd alert
+    ("edge85", 1, 18.0, 0.85), ("edge85", 2, 18.0, 0.86),
+    # bright first with a low score, faint later with a high one: prod_p2 holds at day 2 (brightest over ALL alerts)
+    ("bright_first", 1, 18.2, 0.1), ("bright_first", 2, 18.9, 0.9),
+    # confident but never brighter than 19 (19.0 is not < 19): never selected
+    ("mag19", 1, 19.0, 0.99), ("mag19", 2, 19.2, 0.95),
+]
+# tie19: day 1 is 19.0 (not < 19), day 2 qualifies (brightest 18.0); tie185: day 1 (0.9, 18.5, brightest 18.5);
+# onepos and single: one confident alert is enough (bts_p1 never selects them); late: p1 at day 1, p2 waits for
+# the first alert <= 18.5 (day 4); half: no score above 0.85; faint: p1 at day 1, never bright for p2.
+EXPECTED_PROD_P1 = {"tie19": (2, 18.0), "tie185": (1, 18.5), "onepos": (1, 18.0), "late": (1, 18.9), "half": None,
+                    "single": (1, 17.0), "faint": (1, 18.6), "edge85": (2, 18.0), "bright_first": (2, 18.9),
+                    "mag19": None}
+EXPECTED_PROD_P2 = {"tie19": (2, 18.0), "tie185": (1, 18.5), "onepos": (1, 18.0), "late": (4, 18.4), "half": None,
+                    "single": (1, 17.0), "faint": None, "edge85": (2, 18.0), "bright_first": (2, 18.9),
+                    "mag19": None}
+
 
 def _grouped(rows, shuffle_seed=None):
     df = pd.DataFrame(rows, columns=["objectId", "day", "magpsf", "score"])
@@ -67,18 +90,32 @@ def test_hand_built_sources(shuffle_seed):
     assert s2.loc["onepos", "alert_number"] == 0 and np.isnan(s2.loc["onepos", "jd"])
 
 
+@pytest.mark.parametrize("shuffle_seed", [None, 0, 1])
+def test_hand_built_sources_production_policies(shuffle_seed):
+    g = _grouped(HAND_PROD, shuffle_seed)
+    assert _as_dict(select(g, "prod_p1")) == EXPECTED_PROD_P1
+    assert _as_dict(select(g, "prod_p2")) == EXPECTED_PROD_P2
+    assert _as_dict(select(g, PROD_P2)) == EXPECTED_PROD_P2
+    s2 = select(g, PROD_P2).set_index("objectId")
+    assert s2.loc["late", "alert_number"] == 4 and s2.loc["single", "alert_number"] == 1
+    assert PROD_P1.params == {"score_threshold": 0.85, "mag_limit": 19.0, "min_positive": 1, "bright_limit": None}
+    assert PROD_P2.params["bright_limit"] == 18.5
+    assert PROD_P1.description == "at least 1 alert so far with score > 0.85 and magpsf < 19"
+    assert DEFAULT_POLICIES == ("bts_p1", "bts_p2", "prod_p1", "prod_p2")
+
+
 def test_alerts_see_only_the_past():
     """Adding later alerts never changes an earlier selection; removing alerts after the selection neither."""
-    g = _grouped(HAND)
-    full = _as_dict(select(g, "bts_p2"))
-    for name, sel in full.items():
-        if sel is None:
-            continue
-        truncated = [r for r in HAND if r[0] == name and r[1] <= sel[0]]
-        assert _as_dict(select(_grouped(truncated), "bts_p2")) == {name: sel}
-        before = [r for r in HAND if r[0] == name and r[1] < sel[0]]
-        if before:
-            assert _as_dict(select(_grouped(before), "bts_p2")) == {name: None}
+    for pol, rows in (("bts_p2", HAND), ("prod_p2", HAND_PROD)):
+        full = _as_dict(select(_grouped(rows), pol))
+        for name, sel in full.items():
+            if sel is None:
+                continue
+            truncated = [r for r in rows if r[0] == name and r[1] <= sel[0]]
+            assert _as_dict(select(_grouped(truncated), pol)) == {name: sel}
+            before = [r for r in rows if r[0] == name and r[1] < sel[0]]
+            if before:
+                assert _as_dict(select(_grouped(before), pol)) == {name: None}
 
 
 def test_equal_jd_keeps_input_order():
@@ -112,21 +149,21 @@ def _random_alerts(rng, n_sources, max_alerts):
     jd = J0 + rng.integers(0, 40, N) * 0.5  # coarse: equal jds within a source happen
     mag = rng.choice(np.array([16.9, 17.0, 18.0, 18.49, 18.5, 18.51, 18.9, 19.0, 19.01, 20.0]), N)
     mag = np.where(rng.random(N) < 0.5, mag, np.round(rng.uniform(16.5, 20.5, N), 2))
-    score = np.where(rng.random(N) < 0.3, rng.choice([0.0, 0.5, 0.5000001, 1.0], N), rng.random(N))
+    score = np.where(rng.random(N) < 0.3, rng.choice([0.0, 0.5, 0.5000001, 0.85, 0.8500001, 1.0], N), rng.random(N))
     perm = rng.permutation(N)
     return ids[perm], jd[perm], mag[perm], score[perm]
 
 
-def _loop_reference(ids, jd, mag, score, bright_limit):
-    """The paper's policy written as the obvious loop over each source's alerts in jd order (stable on ties)."""
+def _loop_reference(ids, jd, mag, score, bright_limit, score_threshold=0.5, min_positive=2):
+    """The papers' policy written as the obvious loop over each source's alerts in jd order (stable on ties)."""
     out = {}
     for o in dict.fromkeys(ids):
         rows = sorted((j, i) for i, (oo, j) in enumerate(zip(ids, jd)) if oo == o)
         n_pos, brightest, out[o] = 0, np.inf, None
         for j, i in rows:
             brightest = min(brightest, mag[i])
-            n_pos += score[i] > 0.5 and mag[i] < 19
-            if n_pos >= 2 and (bright_limit is None or brightest <= bright_limit):
+            n_pos += score[i] > score_threshold and mag[i] < 19
+            if n_pos >= min_positive and (bright_limit is None or brightest <= bright_limit):
                 out[o] = (j, mag[i])
                 break
     return out
@@ -137,8 +174,9 @@ def test_vectorised_equals_loop_reference(seed):
     rng = np.random.default_rng(seed)
     ids, jd, mag, score = _random_alerts(rng, 300, 12)
     g = group_alerts(ids, jd, mag, score)
-    for pol, bright in ((BTS_P1, None), (BTS_P2, 18.5)):
-        ref = _loop_reference(ids, jd, mag, score, bright)
+    for pol, bright, thr, k in ((BTS_P1, None, 0.5, 2), (BTS_P2, 18.5, 0.5, 2), (PROD_P1, None, 0.85, 1),
+                                (PROD_P2, 18.5, 0.85, 1)):
+        ref = _loop_reference(ids, jd, mag, score, bright, thr, k)
         got = {r.objectId: ((r.jd, r.magpsf) if r.selected else None) for r in select(g, pol).itertuples()}
         assert got == ref
         assert 0 < sum(v is not None for v in ref.values()) < len(ref)  # both outcomes occur

@@ -18,21 +18,27 @@ from btsbot_jax.evaluation.report import (
     evaluate_scores,
     find_training_metrics,
     read_scores_table,
+    summary_lines,
     write_report,
 )
 
 FIGURES = ("roc", "confusion_matrix", "score_vs_magpsf", "completeness_purity", "timeliness")
 
 
-def _policy_loop(table, bright_limit):
-    """Reference: each source's alerts in jd order, the paper's rule checked alert by alert."""
+# name -> (bright limit, score threshold, alerts needed): the v1 paper's and BTSbot v2's production policies
+POLICY_RULES = {"bts_p1": (None, 0.5, 2), "bts_p2": (18.5, 0.5, 2), "prod_p1": (None, 0.85, 1),
+                "prod_p2": (18.5, 0.85, 1)}
+
+
+def _policy_loop(table, bright_limit, score_threshold=0.5, min_positive=2):
+    """Reference: each source's alerts in jd order, the papers' rule checked alert by alert."""
     out = {}
     for oid, src in table.sort_values("jd", kind="stable").groupby("objectId", sort=False):
         n_pos, brightest, out[oid] = 0, np.inf, None
         for r in src.itertuples():
             brightest = min(brightest, r.magpsf)
-            n_pos += r.score > 0.5 and r.magpsf < 19
-            if n_pos >= 2 and (bright_limit is None or brightest <= bright_limit):
+            n_pos += r.score > score_threshold and r.magpsf < 19
+            if n_pos >= min_positive and (bright_limit is None or brightest <= bright_limit):
                 out[oid] = (r.jd, r.magpsf)
                 break
     return out
@@ -68,8 +74,9 @@ def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
     label = t.groupby("objectId")["label"].first()
     peak = t.groupby("objectId")["magpsf"].min()
     assert set(src.index) == set(label.index)
-    for name, bright in (("bts_p1", None), ("bts_p2", 18.5)):
-        ref = _policy_loop(t, bright)
+    assert list(ev.report["source_level"]["policies"]) == list(POLICY_RULES)  # the default policies
+    for name, rule in POLICY_RULES.items():
+        ref = _policy_loop(t, *rule)
         for oid, sel in ref.items():
             assert bool(src.loc[oid, f"{name}_selected"]) == (sel is not None)
             if sel is not None:
@@ -80,7 +87,8 @@ def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
         fn = sum(ref[o] is None and label[o] == 1 for o in inc)
         p = ev.report["source_level"]["policies"][name]
         assert (p["TP"], p["FP"], p["FN"]) == (tp, fp, fn)
-        assert p["completeness"] == pytest.approx(tp / (tp + fn)) and p["purity"] == pytest.approx(tp / (tp + fp))
+        assert p["completeness"] == pytest.approx(tp / (tp + fn))
+        assert p["purity"] == (pytest.approx(tp / (tp + fp)) if tp + fp else None)
     p2 = ev.report["source_level"]["policies"]["bts_p2"]
     print(f"\nv1.0.1 on the 39 real alerts: accuracy {a['accuracy']:.4f}, balanced accuracy "
           f"{a['balanced_accuracy']:.4f}, AUC {a['roc_auc']:.4f}, precision {a['precision']:.4f}, recall "
@@ -115,6 +123,7 @@ def _workdir(tmp_path, v101_checkpoint):
     return w
 
 
+@pytest.mark.slow
 def test_cli_dataset_mode_with_workdir_matches_scores_mode(tmp_path, v101_checkpoint, usage_examples):
     data = _dataset_dir(tmp_path, usage_examples)
     work = _workdir(tmp_path, v101_checkpoint)
@@ -122,8 +131,9 @@ def test_cli_dataset_mode_with_workdir_matches_scores_mode(tmp_path, v101_checkp
     r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.evaluate", f"--checkpoint={work}", f"--data={data}",
                         "--split=test", f"--out={out}", "--noprogress"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "bts_p2: completeness" in r.stdout
+    assert "bts_p2: completeness" in r.stdout and "prod_p2: completeness" in r.stdout
     rep = json.loads((out / "report.json").read_text())
+    assert list(rep["source_level"]["policies"]) == list(POLICY_RULES)  # btsbot-evaluate's default --policies
     inp = rep["input"]
     assert (inp["n_input_alerts"], inp["n_evaluated_alerts"], inp["n_rejected_alerts"]) == (39, 38, 1)
     assert inp["rejected_by_reason"] == {"metadata not finite: sky": 1}
@@ -180,6 +190,7 @@ def _scores_table():
     return pd.DataFrame(rows)
 
 
+@pytest.mark.slow
 def test_cli_scores_mode_parquet_and_custom_policy(tmp_path):
     path = tmp_path / "scores.parquet"
     _scores_table().to_parquet(path)
@@ -215,6 +226,31 @@ def test_cli_scores_mode_parquet_and_custom_policy(tmp_path):
     src = pd.read_csv(out / "sources.csv").set_index("objectId")
     assert src.loc["E", "bts_p1_selected"] and not src.loc["E", "included"]
     assert src.loc["A", "bts_p2_jd"] == 2460102.0 and src.loc["A", "bts_p2_magpsf"] == 18.0
+
+
+def test_production_policies_by_hand():
+    """prod_p1/prod_p2 (one alert with score > 0.85 and magpsf < 19; prod_p2 also brightest so far <= 18.5) on the
+    hand-built table, with the default policies. A: day 1 (0.9, 18.2) TP; B: day 2 (0.95, 18.6; brightest so far
+    18.4) TP; C: no score above 0.85, TN (bts_p1 and bts_p2 call it a FP); D: 19.5 is not < 19, TN; E unlabelled."""
+    ev = evaluate_scores(_scores_table())
+    pols = ev.report["source_level"]["policies"]
+    assert list(pols) == ["bts_p1", "bts_p2", "prod_p1", "prod_p2"]
+    src = ev.sources.set_index("objectId")
+    for name in ("prod_p1", "prod_p2"):
+        p = pols[name]
+        assert (p["TP"], p["FP"], p["FN"], p["TN"]) == (2, 0, 0, 2) and p["completeness"] == p["purity"] == 1.0
+        assert p["n_selected_all_sources"] == 3 and p["params"]["score_threshold"] == 0.85
+        assert (src.loc["A", f"{name}_jd"], src.loc["A", f"{name}_magpsf"]) == (2460101.0, 18.2)
+        assert (src.loc["B", f"{name}_jd"], src.loc["B", f"{name}_magpsf"]) == (2460102.0, 18.6)
+        assert not src.loc["C", f"{name}_selected"] and src.loc["C", f"{name}_outcome"] == "TN"
+        assert src.loc["E", f"{name}_alert_number"] == 1 and not src.loc["E", "included"]
+        ts, tt = p["timeliness"]["save_jd"], p["timeliness"]["trigger_jd"]
+        assert ts["n"] == 2 and ts["median_days"] == pytest.approx(((1 - 3.5) + (2 - 1.0)) / 2)
+        assert tt["n"] == 1 and tt["median_hours"] == pytest.approx((1 - 2.5) * 24)
+    assert pols["bts_p2"]["FP"] == 1 and src.loc["C", "bts_p2_outcome"] == "FP"
+    lines = [line for line in summary_lines(ev.report) if line.startswith("prod_p2:")]
+    assert lines == ["prod_p2: completeness 100.0% (2/2), purity 100.0% (2/2), median selection - save -18.00 h "
+                     "over 2 TPs"]
 
 
 def test_cli_refuses_bad_usage(tmp_path):
@@ -278,3 +314,47 @@ def test_find_training_metrics(tmp_path):
     assert find_training_metrics(tmp_path / "work") == tmp_path / "work" / "metrics.csv"
     assert find_training_metrics(tmp_path / "work" / "best") == tmp_path / "work" / "metrics.csv"
     assert find_training_metrics(tmp_path / "model") is None  # a plain model dir: no guessing from its parent
+
+
+def test_pieces_yield_named_values_into_the_report(tmp_path):
+    """An extra evaluator adds its numbers where it names them; two pieces writing one name is an error; a
+    registered figure is drawn by the figure pieces and recorded under files / figures_skipped."""
+    from btsbot_jax.evaluation import plots
+    from btsbot_jax.evaluation.evaluators import EvaluatorError
+
+    class MaxScore:
+        name = "max_score"
+
+        def run(self, ctx):
+            yield "extra/max_score_label_1", ctx.alerts.loc[ctx.alerts["label"] == 1, "score"].max()
+            yield ("source_level", "policies", "bts_p1", "n_sources_seen"), len(ctx.sources)
+
+    t = _scores_table()
+    ev = evaluate_scores(t, policies=["bts_p1"], extra_evaluators=[MaxScore()])
+    assert ev.report["extra"] == {"max_score_label_1": 0.99}
+    p1 = ev.report["source_level"]["policies"]["bts_p1"]
+    assert p1["n_sources_seen"] == 5 and p1["TP"] == 2 and "timeliness" in p1
+
+    class Clash:
+        name = "clash"
+
+        def run(self, ctx):
+            yield "source_level/inclusion", {}
+
+    with pytest.raises(EvaluatorError, match="source_level/inclusion is already in the report"):
+        evaluate_scores(t, extra_evaluators=[Clash()])
+
+    def n_sources(ev, path, **_):
+        fig, ax = plots._figure(3, 3)
+        ax[0, 0].bar([0], [len(ev.sources)])
+        fig.savefig(path)
+
+    try:
+        plots.register_figure("n_sources")(n_sources)
+        plots.register_figure("never")(lambda ev, path, **_: "nothing to draw")
+        got = dict(plots.Figures(tmp_path, names=["n_sources", "never"]).run(ev))
+    finally:
+        plots._FIGURES.pop("n_sources", None)
+        plots._FIGURES.pop("never", None)
+    assert got == {"files/n_sources": tmp_path / "n_sources.png", "figures_skipped/never": "nothing to draw"}
+    assert (tmp_path / "n_sources.png").stat().st_size > 1000

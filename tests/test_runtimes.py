@@ -43,6 +43,7 @@ def inputs():
     return t, rng.normal(0, 2, size=(21, 25)).astype(np.float32)
 
 
+@pytest.mark.slow
 def test_load_scorer_picks_the_runtime(exported):
     root = exported
     assert isinstance(load_scorer(root / "model"), Scorer)
@@ -155,3 +156,148 @@ def test_stablehlo_for_another_platform_is_refused_here(exported, tmp_path):
     # and the exporter refuses to write an artifact it could not check here
     with pytest.raises(ExportError, match="leave out this machine's 'cpu'"):
         export_model(exported / "model", tmp_path / "x", "stablehlo", platforms=("cuda",))
+
+
+# ------------------------------------------------------------------------------------ self-describing artifacts
+
+
+def _onnx_props(path):
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path)).metadata_props}
+
+
+def _set_onnx_props(path, **changes):
+    import onnx
+
+    model = onnx.load(str(path))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(changes)
+    onnx.helper.set_model_props(model, props)
+    onnx.save(model, str(path))
+
+
+def test_every_artifact_carries_the_model_card(exported):
+    """ONNX metadata_props, the SavedModel's asset and `model_card` signature, the StableHLO card beside it: one
+    and the same deployment card, with what a broker needs to call the model and act on its output."""
+    import tensorflow as tf
+
+    from btsbot_jax import __version__
+    from btsbot_jax.constants import METADATA_COLUMNS
+
+    root = exported / "all"
+    props = _onnx_props(root / "onnx" / "model.onnx")
+    onnx_card = json.loads(props["model_card"])
+    loaded = tf.saved_model.load(str(root / "savedmodel"))
+    sig_card = json.loads(loaded.signatures["model_card"]()["model_card"].numpy())
+    asset_card = json.loads((root / "savedmodel" / "assets" / "model_card.json").read_text())
+    hlo_card = read_export_card(root / "stablehlo")["deployment"]
+    assert onnx_card == sig_card == asset_card == hlo_card == read_export_card(root)["deployment"]
+
+    c = onnx_card
+    assert c["architecture"] == "mm_cnn" and c["model_version"] == "rt-1" and c["btsbot_jax_version"] == __version__
+    assert tuple(c["metadata_columns"]) == METADATA_COLUMNS and c["input_names"] == ["triplet", "metadata"]
+    assert c["inputs"]["triplet"]["shape"] == ["N", 63, 63, 3] and c["inputs"]["triplet"]["layout"].startswith("NHWC")
+    assert c["inputs"]["triplet"]["channels"] == ["science", "template", "difference"]
+    assert c["inputs"]["metadata"]["columns"] == c["metadata_columns"]
+    assert c["output_meaning"] == "score" and c["output"]["name"] == "fc_out"
+    assert "not a logit" in c["output"]["description"]
+    assert c["decision_threshold"] == 0.5
+    p = c["policies"]
+    assert (p["bts_p1"]["min_alerts"], p["bts_p1"]["score_above"], p["bts_p1"]["magpsf_below"]) == (2, 0.5, 19.0)
+    assert p["bts_p2"]["brightest_magpsf_so_far_at_most"] == 18.5
+    assert "brightest_magpsf_so_far_at_most" not in p["bts_p1"]
+    assert (p["prod_p1"]["min_alerts"], p["prod_p1"]["score_above"], p["prod_p1"]["magpsf_below"]) == (1, 0.85, 19.0)
+    assert p["prod_p2"]["brightest_magpsf_so_far_at_most"] == 18.5
+    # the flat metadata_props a broker reads without parsing the whole card
+    assert props["architecture"] == "mm_cnn" and props["model_version"] == props["version"] == "rt-1"
+    assert json.loads(props["metadata_columns"]) == list(METADATA_COLUMNS) and props["output_meaning"] == "score"
+    assert float(props["decision_threshold"]) == 0.5 and props["btsbot_jax_version"] == __version__
+    assert props["input_layout"].startswith("triplet: float32 (N, 63, 63, 3) NHWC")
+    # and onnxruntime, what brokers run, exposes them
+    import onnxruntime as ort
+
+    meta = ort.InferenceSession(str(root / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"]).get_modelmeta()
+    assert json.loads(meta.custom_metadata_map["model_card"]) == c
+
+
+def test_scorers_take_the_column_order_from_the_artifact(exported, tmp_path):
+    """A model_card.json that does not belong to its artifact is refused; the artifact is the authority."""
+    swapped = list(read_export_card(exported / "all" / "onnx")["metadata_columns"])
+    swapped[0], swapped[1] = swapped[1], swapped[0]
+    for fmt in ("onnx", "savedmodel"):
+        d = _copy(exported / "all" / fmt, tmp_path / fmt, metadata_columns=swapped)
+        with pytest.raises(ExportFormatError, match="does not belong to this artifact") as err:
+            load_scorer(d)
+        assert "'distpsnr1', 'sgscore1'" in str(err.value)  # names both orders
+    # an ONNX file that states another order, with a card that agrees: loads, and says what it expects
+    d = _copy(exported / "all" / "onnx", tmp_path / "reordered", metadata_columns=swapped)
+    _set_onnx_props(d / "model.onnx", metadata_columns=json.dumps(swapped))
+    s = load_scorer(d)
+    assert list(s.metadata_columns) == swapped
+    bad = _copy(exported / "all" / "onnx", tmp_path / "garbled")
+    _set_onnx_props(bad / "model.onnx", metadata_columns="{not json")
+    with pytest.raises(ExportFormatError, match="unreadable model card in metadata_props"):
+        load_scorer(bad)
+
+
+def test_scoring_refuses_a_model_with_another_column_order(exported, tmp_path):
+    import subprocess
+    import sys
+
+    from btsbot_jax.inference.deployment import ColumnOrderError
+    from btsbot_jax.serve.batch import score_paths
+
+    swapped = list(read_export_card(exported / "all" / "onnx")["metadata_columns"])
+    swapped[3], swapped[5] = swapped[5], swapped[3]
+    d = _copy(exported / "all" / "onnx", tmp_path / "reordered", metadata_columns=swapped)
+    _set_onnx_props(d / "model.onnx", metadata_columns=json.dumps(swapped))
+    with pytest.raises(ColumnOrderError, match="first difference at position 3: model 'magpsf', ingestion 'distpsnr2'"):
+        score_paths(load_scorer(d), [tmp_path], progress=False)
+    r = subprocess.run(
+        [sys.executable, "-m", "btsbot_jax.cli.score", f"--checkpoint={d}", f"--input={tmp_path}",
+         f"--output={tmp_path / 'scores.csv'}", "--noprogress"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert r.returncode == 2 and "refusing checkpoint" in r.stderr and "metadata column order differs" in r.stderr
+    assert not (tmp_path / "scores.csv").exists()
+
+
+def test_onnx_runtime_prefers_cuda_when_installed(exported):
+    import onnxruntime as ort
+
+    from btsbot_jax.inference.runtimes import onnx_providers
+
+    assert onnx_providers(["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]) == [
+        "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert onnx_providers(["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    s = load_scorer(exported / "all" / "onnx")
+    want = ["CUDAExecutionProvider", "CPUExecutionProvider"] if "CUDAExecutionProvider" in \
+        ort.get_available_providers() else ["CPUExecutionProvider"]
+    assert s.session.get_providers() == want
+
+
+def test_stream_scorer_refuses_another_column_order(tmp_path):
+    """btsbot-stream builds its StreamScorer from the loaded model: same refusal, before touching Kafka."""
+    from btsbot_jax.constants import METADATA_COLUMNS
+    from btsbot_jax.inference.deployment import ColumnOrderError
+    from btsbot_jax.serve.batch import check_scorer_columns
+    from btsbot_jax.serve.stream import StreamConfig, StreamScorer
+
+    class Fake:
+        version = "fake"
+
+        def __init__(self, columns):
+            self.metadata_columns = columns
+
+        def __call__(self, t, m):
+            return np.zeros(len(t), np.float32)
+
+    cfg = StreamConfig(bootstrap_servers="localhost:1", topics=["t"], group_id="g", output_path=str(tmp_path / "o"))
+    reordered = (*METADATA_COLUMNS[:-2], METADATA_COLUMNS[-1], METADATA_COLUMNS[-2])
+    with pytest.raises(ColumnOrderError, match="position 23: model 'maxmag_so_far', ingestion 'sky'"):
+        StreamScorer(Fake(reordered), cfg)
+    with pytest.raises(ColumnOrderError, match="it expects 24 columns, the ingestion builds 25"):
+        check_scorer_columns(Fake(METADATA_COLUMNS[:24]))
+    check_scorer_columns(Fake(METADATA_COLUMNS))
+    check_scorer_columns(lambda t, m: np.zeros(len(t)))  # a plain callable states no order: taken as it is

@@ -99,6 +99,7 @@ def test_avro_container_is_what_fastavro_reads_and_the_ingest_view_matches():
 
 
 # ----------------------------------------------------------------------------------------------- behaviour
+@pytest.mark.slow
 def test_same_seed_same_bytes_whatever_the_number_of_processes(tmp_path):
     a = simulate(tmp_path / "a", SimConfig(num_sources=14, seed=9, workers=1, chunk_sources=5))
     b = simulate(tmp_path / "b", SimConfig(num_sources=14, seed=9, workers=2, chunk_sources=5))
@@ -111,6 +112,7 @@ def test_same_seed_same_bytes_whatever_the_number_of_processes(tmp_path):
     assert c.num_alerts != a.num_alerts or ha != hc
 
 
+@pytest.mark.slow
 def test_source_mix_and_labels(run):
     res, _ = run
     truth = res.truth
@@ -188,6 +190,7 @@ def test_transient_is_in_science_and_difference_not_in_reference(run):
     assert n > 50
 
 
+@pytest.mark.slow
 def test_training_set_features_are_the_ingestion_codes(run):
     """The CSV/npy rows equal what prepare_batch computes from the avro files (with each source's earlier alerts
     as history), bit for bit."""
@@ -239,6 +242,7 @@ def test_light_curve_models():
 
 
 # ------------------------------------------------------------------------------------------- with real data
+@pytest.mark.slow
 def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):
     """The realism check: the published v1.0.1 model (trained only on real ZTF) scores the simulated training
     set; its ROC AUC against the simulated labels is the figure reported in the README (simulated survey, realism)."""
@@ -260,6 +264,7 @@ def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):
     assert auc < 0.995  # ambiguous sources exist: not a trivially separable toy
 
 
+@pytest.mark.slow
 def test_cli_writes_everything_and_the_comparison(tmp_path):
     require(ZTF_ALERTS)
     require(EXAMPLES)

@@ -69,7 +69,7 @@ def test_random_access_source_matches_the_npy_reader(built):
 def test_training_config_switch(built):
     manual, data_dir, _ = built
     from btsbot_jax.configs import default
-    from btsbot_jax.training.train import load_sources
+    from btsbot_jax.data.sources import load_sources
 
     c = default.get_config()
     c.update(data_dir=str(manual), data_source="tfds", tfds_data_dir=str(data_dir))

@@ -17,7 +17,10 @@ import numpy as np
 import pytest
 
 from btsbot_jax.configs import default
+from btsbot_jax.data.sources import load_sources
+from btsbot_jax.training import checkpoints
 from btsbot_jax.training import train as T
+from btsbot_jax.training.callbacks import EarlyStopping, Plateau
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).parent))
@@ -100,8 +103,8 @@ def test_plateau_and_early_stopping_match_keras():
     for cb in (rlrop, es):
         cb.set_model(model)
         cb.on_train_begin()
-    ours_p = T.Plateau(lr=1e-4, factor=0.4, patience=20, min_lr=5e-10, min_delta=1e-4)
-    ours_e = T.EarlyStopping(patience=75)
+    ours_p = Plateau(lr=1e-4, factor=0.4, patience=20, min_lr=5e-10, min_delta=1e-4)
+    ours_e = EarlyStopping(patience=75)
     keras_stop = ours_stop = None
     for epoch, loss in enumerate(losses):
         logs = {"val_loss": float(loss)}
@@ -119,17 +122,18 @@ def test_plateau_and_early_stopping_match_keras():
 
 
 def test_plateau_by_hand():
-    p = T.Plateau(lr=1.0, factor=0.5, patience=2, min_lr=0.2, min_delta=0.1)
+    p = Plateau(lr=1.0, factor=0.5, patience=2, min_lr=0.2, min_delta=0.1)
     lrs = [p.update(x) for x in [1.0, 0.95, 0.93, 0.5, 0.45, 0.45, 0.4, 0.4, 0.4, 0.4]]
     # 0.95 and 0.93 are within min_delta of 1.0: two waits -> halve; 0.5 improves; then flat again
     assert lrs == [1.0, 1.0, 0.5, 0.5, 0.5, 0.25, 0.25, 0.2, 0.2, 0.2]
 
 
+@pytest.mark.slow
 def test_train_step_learns_and_donates(data_dir):
     import jax
 
     c = tiny_config(data_dir)
-    src = T.load_sources(c)["train"]
+    src = load_sources(c)["train"]
     tx = T.make_optimizer(c)
     mdef, state = T.create_train_state(c.model, tx, 0)
     mesh = T.make_mesh()
@@ -247,10 +251,11 @@ _MULTI = textwrap.dedent("""
     import jax, numpy as np
     sys.path.insert(0, {tests!r})
     import test_train as tt
+    from btsbot_jax.data.sources import load_sources
     from btsbot_jax.training import train as T
     assert jax.device_count() == 4, jax.devices()
     c = tt.tiny_config({data!r})
-    src = T.load_sources(c)["train"]
+    src = load_sources(c)["train"]
     tx = T.make_optimizer(c)
     w = T.class_weights(src.labels)
     out = {{}}
@@ -329,6 +334,7 @@ def test_configs_follow_the_paper():
         assert by_path.get_config().to_dict() == _load_config(name).to_dict()
 
 
+@pytest.mark.slow
 def test_hparam_search_space_is_the_papers():
     code = textwrap.dedent(f"""
         import json, sys
@@ -358,3 +364,22 @@ def test_hparam_search_space_is_the_papers():
     for k in ("model.conv_dropout1", "model.conv_dropout2", "model.meta_dropout", "model.comb_dropout"):
         assert 0.1 <= col(k).min() and col(k).max() <= 0.8
     assert res["lr"] == trials[0]["learning_rate"] and res["k"] == trials[0]["model.conv_kernel"]
+
+
+def test_checkpoint_retention_and_restore(tmp_path):
+    """Retention follows the history (latest + earliest best val_loss) and survives reopening the manager."""
+    import jax.numpy as jnp
+
+    history = [{"epoch": e, "val_loss": v} for e, v in enumerate([0.9, 0.5, 0.7, 0.5, 0.8])]
+    assert checkpoints.best_epoch(history) == 1  # the earliest of the tied best
+    mngr = checkpoints.checkpoint_manager(tmp_path / "ck")
+    for e in range(5):
+        checkpoints.save(mngr, e, {"w": jnp.full((3,), float(e))}, {"epoch": e, "history": history[: e + 1]})
+        checkpoints.prune(mngr, history[: e + 1])
+    assert sorted(mngr.all_steps()) == [1, 4]
+    mngr.close()
+    mngr = checkpoints.checkpoint_manager(tmp_path / "ck")
+    state, meta = checkpoints.restore(mngr, mngr.latest_step(), {"w": jnp.zeros((3,))})
+    np.testing.assert_array_equal(np.asarray(state["w"]), [4.0, 4.0, 4.0])
+    assert meta["epoch"] == 4 and meta["history"] == history
+    mngr.close()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 
+from btsbot_jax.cli import quiet
+
 
 def run(main: Callable, required: Sequence[str] = ()) -> None:
     """`absl.app.run(main)` with what every command sets up: its required flags, TensorFlow's C++ INFO logs off,
@@ -17,6 +19,7 @@ def run(main: Callable, required: Sequence[str] = ()) -> None:
     def wrapped(argv):
         if not flags.FLAGS["verbosity"].present:
             logging.set_verbosity(logging.WARNING)
+            quiet.install()
         return main(argv)
 
     app.run(wrapped)

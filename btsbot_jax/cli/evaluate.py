@@ -25,7 +25,10 @@ flags.DEFINE_integer("n_max", None, "N_max in the file names (e.g. 100) when sev
 flags.DEFINE_string("scores", None, "Existing scores table (CSV or parquet) to evaluate instead of a checkpoint.")
 flags.DEFINE_string("out", None, "Report directory (report.json, sources.csv, rejected.csv, figures).")
 flags.DEFINE_float("threshold", 0.5, "Alert-level decision: score > threshold.")
-flags.DEFINE_list("policies", ["bts_p1", "bts_p2"], "Source-level policies to evaluate (registered names).")
+# = btsbot_jax.evaluation.policies.DEFAULT_POLICIES (written out so that --help does not import numpy/pandas)
+flags.DEFINE_list("policies", ["bts_p1", "bts_p2", "prod_p1", "prod_p2"],
+                  "Source-level policies to evaluate (registered names). Default: the v1 paper's bts_p1, bts_p2 and "
+                  "BTSbot v2's production prod_p1, prod_p2; e.g. --policies=bts_p1,bts_p2 for the v1 paper's only.")
 flags.DEFINE_multi_string("policy_module", [], "Module name or .py file to import first; it registers extra "
                                                "policies with btsbot_jax.evaluation.policies.register_policy.")
 flags.DEFINE_integer("min_alerts", 2, "Sources need at least this many alerts to be evaluated (the paper: 2).")

@@ -1,4 +1,6 @@
-"""`btsbot-score --checkpoint=CKPT --input=PATH[,PATH...] --output=scores.{csv,parquet}`: alert packets -> scores.
+"""`btsbot-score [--checkpoint=CKPT] --input=PATH[,PATH...] --output=scores.{csv,parquet}`: alert packets -> scores.
+
+Without --checkpoint the published v1.0.1 model shipped inside the package is used.
 
 Inputs: avro files, folders of them (recursive), .tar/.tar.gz archives (ZTF's nightly tarballs) and parquet dumps.
 Every record is scored, rejected with its reason (--rejected table), or counted as a duplicate candid; a summary
@@ -15,7 +17,8 @@ from absl import flags
 from btsbot_jax.cli import run
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("checkpoint", None, "Model directory (btsbot-import-keras output) or training workdir.")
+flags.DEFINE_string("checkpoint", "v1.0.1", "Model directory, training workdir, export directory, or the name of a "
+                    "packaged model (default: the published v1.0.1 weights shipped with btsbot-jax).")
 flags.DEFINE_list("input", None, "Comma-separated avro files, folders, .tar/.tar.gz or parquet files.")
 flags.DEFINE_string("output", None, "Scores table: .csv or .parquet.")
 flags.DEFINE_string("rejected", None, "Rejected-alerts table (.csv/.parquet); default: <output stem>_rejected<suffix>.")
@@ -37,9 +40,10 @@ def default_rejected_path(output: str) -> Path:
 
 def _main(argv):
     del argv
+    from btsbot_jax.inference.deployment import ColumnOrderError
     from btsbot_jax.inference.scorer import load_scorer
     from btsbot_jax.models.model_dir import CheckpointError
-    from btsbot_jax.serve.batch import check_table_path, format_summary, score_paths, write_table
+    from btsbot_jax.serve.batch import check_scorer_columns, check_table_path, format_summary, score_paths, write_table
 
     if FLAGS.shard_index >= FLAGS.num_shards:
         print(f"btsbot-score: --shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}",
@@ -61,6 +65,11 @@ def _main(argv):
     except (CheckpointError, OSError, ValueError) as e:
         print(f"btsbot-score: cannot load checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
         return 2
+    try:  # the column order the model states (inside the artifact for exports) must be the one ingestion builds
+        check_scorer_columns(scorer)
+    except ColumnOrderError as e:
+        print(f"btsbot-score: refusing checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
+        return 2
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
                          shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb,
@@ -80,7 +89,7 @@ def _main(argv):
 
 
 def main():
-    run(lambda argv: sys.exit(_main(argv)), required=["checkpoint", "input", "output"])
+    run(lambda argv: sys.exit(_main(argv)), required=["input", "output"])
 
 
 if __name__ == "__main__":

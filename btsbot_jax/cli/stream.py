@@ -1,7 +1,7 @@
 """`btsbot-stream`: score ZTF/Rubin avro alerts live from Kafka, at-least-once, with dead letters.
 
     btsbot-stream --bootstrap_servers=HOST:PORT --topics=ztf_20231012_programid1 --group_id=btsbot \\
-        --checkpoint=CKPT --output_topic=btsbot_scores --dead_letter_topic=btsbot_dead_letters \\
+        [--checkpoint=CKPT] --output_topic=btsbot_scores --dead_letter_topic=btsbot_dead_letters \\
         [--output=scores.parquet] [--max_batch=256 --max_wait_ms=500] [--max_alerts=N] [--idle_timeout_s=S]
 
 Run more copies with the same --group_id to split the partitions. SIGTERM/SIGINT finish the current batch, commit
@@ -23,7 +23,8 @@ flags.DEFINE_string("bootstrap_servers", None, "Kafka bootstrap servers, HOST:PO
 flags.DEFINE_list("topics", None, "Input topics (avro alert packets), comma-separated; a name starting with ^ is a "
                   "regex subscription, e.g. ^ztf_.*_programid1$.")
 flags.DEFINE_string("group_id", None, "Consumer group id; processes with the same id share the partitions.")
-flags.DEFINE_string("checkpoint", None, "Model directory (or training workdir) to score with.")
+flags.DEFINE_string("checkpoint", "v1.0.1", "Model directory, training workdir, export directory, or a packaged "
+                    "model name (default: the published v1.0.1 weights shipped with btsbot-jax).")
 flags.DEFINE_string("output_topic", None, "Topic for the JSON results (one message per alert, keyed by candid).")
 flags.DEFINE_string("output", None, "Also write results to this parquet dataset directory (one part file per batch; "
                     "dead letters to X.rejected.parquet beside it).")
@@ -68,8 +69,11 @@ def _main(argv):
     from btsbot_jax.models.model_dir import CheckpointError
 
     log.setLevel(logging.INFO)  # our progress lines stay on while `cli.run` keeps the libraries' INFO chatter off
+    from btsbot_jax.serve.batch import check_scorer_columns
+
     try:
         scorer = load_scorer(FLAGS.checkpoint)
+        check_scorer_columns(scorer)  # the model's column order (from the artifact) must be the ingestion's
     except (CheckpointError, FileNotFoundError, ValueError) as e:
         print(f"btsbot-stream: error: cannot load --checkpoint={FLAGS.checkpoint}: {e}", file=sys.stderr)
         return 2
@@ -97,7 +101,7 @@ def _main(argv):
 
 
 def main():
-    run(_main, required=["bootstrap_servers", "topics", "group_id", "checkpoint"])
+    run(_main, required=["bootstrap_servers", "topics", "group_id"])
 
 
 if __name__ == "__main__":

@@ -3,8 +3,12 @@
 Trains per an ml_collections config file (any field overridable from the command line, e.g.
 `--config.data_dir=DIR --config.num_epochs=50`), checkpointing into --workdir and resuming from it when it already
 holds a checkpoint. The best model ends up in WORKDIR/best/ (loadable with `btsbot_jax.load_scorer(WORKDIR)`).
-Several hosts: start the same command on each with --coordinator_address, --num_processes and --process_id
-(or none of them on a TPU pod / SLURM, where jax.distributed finds them itself with --distributed).
+Each epoch's metrics go to the log (shown unless --verbosity says otherwise) and to TensorBoard (WORKDIR/tensorboard).
+
+Several hosts (docs/multi_host.md): start the same command on every host, with the same --workdir on a shared file
+system. Plain hosts: --coordinator_address=HOST0:PORT --num_processes=N --process_id=I (I = 0..N-1). TPU pod slice
+or SLURM: --distributed, and jax.distributed.initialize() finds the cluster itself. Each process reads its slice of
+every batch; process 0 alone writes metrics.json/csv, TensorBoard events, summary.json and best/.
 """
 
 import json
@@ -20,10 +24,20 @@ config_flags.DEFINE_config_file("config", None,
                                 "Training config: a packaged name (prod, demo, um_cnn, um_nn) or a get_config() file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and best/.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() (auto-detected cluster).")
-flags.DEFINE_string("coordinator_address", None, "host:port of process 0, for multi-host training.")
-flags.DEFINE_integer("num_processes", None, "Number of processes (hosts) for multi-host training.")
-flags.DEFINE_integer("process_id", None, "This process's index for multi-host training.")
+flags.DEFINE_bool("distributed", False,
+                  "Multi-host: call jax.distributed.initialize() with the cluster auto-detected (TPU pod, SLURM).")
+flags.DEFINE_string("coordinator_address", None, "Multi-host: host:port of process 0 (same on every process).")
+flags.DEFINE_integer("num_processes", None, "Multi-host: number of processes (with --coordinator_address).")
+flags.DEFINE_integer("process_id", None, "Multi-host: this process's index, 0..num_processes-1.")
+
+
+class _EpochLines(logging.logging.Filter):
+    """At the default verbosity, let INFO through only for the per-epoch metrics (clu's LoggingWriter) and this
+    package's own messages; the libraries' INFO chatter (orbax logs every checkpoint) stays hidden."""
+
+    def filter(self, record):
+        return (record.levelno >= logging.logging.WARNING or record.module == "logging_writer"
+                or record.name.startswith("btsbot_jax"))
 
 
 def _main(argv):
@@ -31,6 +45,9 @@ def _main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.INFO)
+        logging.get_absl_handler().addFilter(_EpochLines())
     if FLAGS.coordinator_address or FLAGS.num_processes or FLAGS.distributed:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator_address,
                                    num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)

@@ -1,6 +1,6 @@
 """Demo: a small mm_cnn trained for a few minutes on 2 CPU cores on the simulated survey of `make demo`.
 
-    btsbot-simulate --num_sources=... --seed=0 --out=demo_out/sim
+    btsbot-simulate --num_sources=... --seed=2 --out=demo_out/sim
     btsbot-train --config=experiments/configs/demo.py --workdir=demo_out/train
 
 Same recipe as prod.py (loss, class weights, Adam betas, augmentation, plateau, early stopping) with a narrower

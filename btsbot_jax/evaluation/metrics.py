@@ -255,9 +255,12 @@ def timeliness(delta_days: Any, n_true_positives: int | None = None, bins: int |
     return out
 
 
-def policy_metrics(sources: pd.DataFrame, policy: Policy, bin_edges: Sequence[float] = DEFAULT_BIN_EDGES
-                   ) -> dict[str, Any]:
-    """Completeness, purity (overall and per peak bin) and timeliness of one policy from `source_table`'s rows."""
+def policy_metrics(sources: pd.DataFrame, policy: Policy, bin_edges: Sequence[float] = DEFAULT_BIN_EDGES, *,
+                   include_timeliness: bool = True) -> dict[str, Any]:
+    """Completeness, purity (overall and per peak bin) and timeliness of one policy from `source_table`'s rows.
+
+    ``include_timeliness=False`` leaves the ``timeliness`` entry to `policy_timeliness` (the report's timeliness
+    piece adds it)."""
     p = policy.name
     inc = sources["included"].to_numpy()
     outcome = sources[f"{p}_outcome"].to_numpy()[inc]
@@ -272,7 +275,6 @@ def policy_metrics(sources: pd.DataFrame, policy: Policy, bin_edges: Sequence[fl
         row.update(_counts(outcome[bins == name]))
         per_bin.append(row)
     overall = _counts(outcome)
-    tp = overall["TP"]
     out = {
         "description": policy.description,
         "params": dict(policy.params),
@@ -280,10 +282,18 @@ def policy_metrics(sources: pd.DataFrame, policy: Policy, bin_edges: Sequence[fl
         # selections among every source, included or not (what a broker would have sent to follow-up)
         "n_selected_all_sources": int(sources[f"{p}_selected"].sum()),
         "per_peak_bin": per_bin,
-        "timeliness": {ref: timeliness(sources.loc[inc, f"{p}_minus_{ref}_days"], tp)
-                       for ref in TIMELINESS_REFERENCES},
     }
+    if include_timeliness:
+        out["timeliness"] = policy_timeliness(sources, policy)
     return out
+
+
+def policy_timeliness(sources: pd.DataFrame, policy: Policy) -> dict[str, Any]:
+    """`timeliness` of one policy's true positives (included sources) against each human reference time."""
+    p = policy.name
+    inc = sources["included"].to_numpy()
+    tp = int((sources[f"{p}_outcome"].to_numpy()[inc] == "TP").sum())
+    return {ref: timeliness(sources.loc[inc, f"{p}_minus_{ref}_days"], tp) for ref in TIMELINESS_REFERENCES}
 
 
 def inclusion_summary(sources: pd.DataFrame) -> dict[str, Any]:
@@ -302,6 +312,6 @@ def inclusion_summary(sources: pd.DataFrame) -> dict[str, Any]:
 
 __all__ = [
     "DEFAULT_BIN_EDGES", "DEFAULT_THRESHOLD", "MIN_ALERTS", "MetricsError", "OUTCOMES", "TIMELINESS_REFERENCES",
-    "alert_metrics", "inclusion_summary", "peak_bin_index", "peak_bin_labels", "policy_metrics", "source_table",
-    "timeliness",
+    "alert_metrics", "inclusion_summary", "peak_bin_index", "peak_bin_labels", "policy_metrics", "policy_timeliness",
+    "source_table", "timeliness",
 ]

@@ -5,14 +5,20 @@ A policy sees each source's alerts in jd order and decides, at every alert, whet
 given only the alerts so far (no peeking at the future: this is what a broker could have done live). The source is
 selected at the FIRST alert where the policy holds; its jd and magpsf are the selection time and magnitude.
 
-Built in (the paper's policies, exactly as the paper words them):
+Built in (the papers' policies, exactly as the papers word them):
 
 - ``bts_p1``: at least 2 alerts so far with ``score > 0.5`` AND ``magpsf < 19`` (both strict, the same alert must
   satisfy both);
 - ``bts_p2``: ``bts_p1`` AND the brightest magpsf so far ``<= 18.5``. "Brightest so far" is the minimum magpsf over
   ALL alerts of the source so far, not only the positive ones: the paper says "the brightest magpsf so far", and
   it is the light-curve quantity a scanner would look at (a source may be bright in one alert and only get high
-  scores later).
+  scores later);
+- ``prod_p1`` (the BTSbot v2 production policy; Rehemtulla et al. 2025, v2 ``val.py``): at least 1 alert so far with
+  ``score > 0.85`` AND ``magpsf < 19`` (same conventions as ``bts_p1``: strict, one alert satisfies both);
+- ``prod_p2``: ``prod_p1`` AND the brightest magpsf so far (over all alerts so far) ``<= 18.5``.
+
+All four are the same rule with other constants (`make_bts_policy`); they judge scores, so they apply unchanged to
+every model family (v1 CNNs, v2 ConvNeXt/MaxViT) and to any other scorer's table.
 
 Everything is vectorised over all sources at once: one stable sort by (objectId, jd), group boundaries, and
 segmented cumulative sums / minima / maxima (``group_cumsum`` etc.). There is no Python loop over alerts or sources,
@@ -248,7 +254,8 @@ def bts_holds(alerts: GroupedAlerts, *, score_threshold: float = SCORE_THRESHOLD
 def make_bts_policy(name: str, *, score_threshold: float = SCORE_THRESHOLD, mag_limit: float = MAG_LIMIT,
                     min_positive: int = MIN_POSITIVE, bright_limit: float | None = None) -> Policy:
     """A bts_p1/p2-style policy with other constants (e.g. a different score threshold for another model)."""
-    desc = f"at least {min_positive} alerts so far with score > {score_threshold:g} and magpsf < {mag_limit:g}"
+    desc = (f"at least {min_positive} alert{'' if min_positive == 1 else 's'} so far with score > "
+            f"{score_threshold:g} and magpsf < {mag_limit:g}")
     if bright_limit is not None:
         desc += f", and brightest magpsf so far (over all alerts so far) <= {bright_limit:g}"
     params = {"score_threshold": score_threshold, "mag_limit": mag_limit, "min_positive": min_positive,
@@ -260,7 +267,17 @@ def make_bts_policy(name: str, *, score_threshold: float = SCORE_THRESHOLD, mag_
 
 BTS_P1 = add_policy(make_bts_policy("bts_p1"))
 BTS_P2 = add_policy(make_bts_policy("bts_p2", bright_limit=BRIGHT_LIMIT))
-DEFAULT_POLICIES = ("bts_p1", "bts_p2")
+
+# BTSbot v2's production policies (Rehemtulla et al. 2025, v2 `val.py`): one confident alert is enough.
+PROD_SCORE_THRESHOLD = 0.85
+PROD_MIN_POSITIVE = 1
+PROD_P1 = add_policy(make_bts_policy("prod_p1", score_threshold=PROD_SCORE_THRESHOLD, min_positive=PROD_MIN_POSITIVE))
+PROD_P2 = add_policy(make_bts_policy("prod_p2", score_threshold=PROD_SCORE_THRESHOLD, min_positive=PROD_MIN_POSITIVE,
+                                     bright_limit=BRIGHT_LIMIT))
+
+# What a report shows unless told otherwise: the v1 paper's policies and v2's production policies, so one report
+# answers both "as published" and "as brokers run it" for any model.
+DEFAULT_POLICIES = ("bts_p1", "bts_p2", "prod_p1", "prod_p2")
 
 
 # ---- applying policies --------------------------------------------------------------------------------------------
@@ -305,6 +322,7 @@ def load_policy_module(module: str) -> None:
 
 __all__ = [
     "BRIGHT_LIMIT", "BTS_P1", "BTS_P2", "DEFAULT_POLICIES", "GroupedAlerts", "MAG_LIMIT", "MIN_POSITIVE", "Policy",
+    "PROD_MIN_POSITIVE", "PROD_P1", "PROD_P2", "PROD_SCORE_THRESHOLD",
     "PolicyError", "SCORE_THRESHOLD", "add_policy", "available_policies", "bts_holds", "get_policy", "group_alerts",
     "group_cummax", "group_cummin", "group_cumsum", "group_first_true", "load_policy_module", "make_bts_policy",
     "register_policy", "resolve_policies", "select",

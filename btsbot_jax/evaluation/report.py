@@ -10,8 +10,9 @@ Two entry points, one code path:
 ``write_report`` writes every number to ``report.json``, one row per source to ``sources.csv``, the rows that could
 not be evaluated (with their reason) to ``rejected.csv``, in dataset mode the scored alerts to ``scores.csv`` (so
 ``btsbot-evaluate --scores=REPORT/scores.csv`` reproduces the report without the model), and PNG figures.
-Figures use matplotlib's Agg canvas directly (no pyplot, no global backend switch), so this works headless and does
-not disturb an interactive session that imports the library.
+
+The numbers come from pieces (`btsbot_jax.evaluation.evaluators`: alert level, source selection, one per policy,
+timeliness) and the figures from `btsbot_jax.evaluation.plots`; each piece yields named values into report.json.
 """
 
 from __future__ import annotations
@@ -31,23 +32,36 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax import __version__
+from btsbot_jax.evaluation.evaluators import (
+    ROC_POINTS_IN_REPORT,
+    EvalContext,
+    Evaluator,
+    default_evaluators,
+    put,
+    run_evaluators,
+)
 from btsbot_jax.evaluation.metrics import (
     DEFAULT_BIN_EDGES,
     DEFAULT_THRESHOLD,
     MIN_ALERTS,
     TIMELINESS_REFERENCES,
-    alert_metrics,
-    inclusion_summary,
-    peak_bin_labels,
-    policy_metrics,
     source_table,
+)
+from btsbot_jax.evaluation.plots import (
+    Figures,
+    make_figures,
+    plot_completeness_purity,
+    plot_confusion,
+    plot_roc,
+    plot_score_vs_magpsf,
+    plot_timeliness,
+    plot_training_curves,
 )
 from btsbot_jax.evaluation.policies import BRIGHT_LIMIT, DEFAULT_POLICIES, Policy, group_alerts, resolve_policies
 
 REQUIRED_COLUMNS = ("objectId", "jd", "magpsf", "score")
 OPTIONAL_COLUMNS = ("label", *TIMELINESS_REFERENCES)
 PASSTHROUGH_COLUMNS = ("candid", "file", "row")  # kept in scores.csv / rejected.csv to name alerts when present
-ROC_POINTS_IN_REPORT = 1001  # a million alerts give ~1e5 ROC points: all go to roc_curve.csv, a thinned copy to JSON
 _CAND_NAME = re.compile(r"^(?P<split>[A-Za-z0-9]+)_cand_(?P<version>.+)_N(?P<n_max>\d+)\.csv$")
 
 
@@ -161,8 +175,12 @@ def evaluate_scores(
     bright_limit: float = BRIGHT_LIMIT,
     input_info: dict[str, Any] | None = None,
     already_rejected: pd.DataFrame | None = None,
+    extra_evaluators: Sequence[Evaluator] = (),
 ) -> Evaluation:
-    """Alert-level metrics, per-source policy selections and source-level metrics of a scores table."""
+    """Alert-level metrics, per-source policy selections and source-level metrics of a scores table.
+
+    The report's numbers come from `default_evaluators(policies)` then ``extra_evaluators`` (pieces yielding named
+    values into the report, see `btsbot_jax.evaluation.evaluators`)."""
     t0 = time.perf_counter()
     pols = resolve_policies(policies)
     n_input = len(table) + (0 if already_rejected is None else len(already_rejected))
@@ -172,19 +190,6 @@ def evaluate_scores(
     if len(alerts) == 0:
         raise EvaluationError(f"no alert left to evaluate ({len(rejected)} rejected)")
     alerts["predicted"] = (alerts["score"].to_numpy() > threshold).astype(np.int8)
-    am = alert_metrics(alerts["label"].to_numpy(), alerts["score"].to_numpy(), threshold)
-    roc = None
-    if am["roc_curve"] is not None:
-        c = am["roc_curve"]
-        roc = pd.DataFrame({"fpr": c["fpr"], "tpr": c["tpr"],
-                            "threshold": [np.inf if v is None else v for v in c["thresholds"]]})
-        n = len(roc)
-        if n > ROC_POINTS_IN_REPORT:
-            idx = np.unique(np.round(np.linspace(0, n - 1, ROC_POINTS_IN_REPORT)).astype(np.int64))
-            am["roc_curve"] = {k: [v[i] for i in idx] for k, v in c.items()}
-        am["roc_curve"]["n_points"] = n
-        am["roc_curve"]["n_points_in_report"] = len(am["roc_curve"]["fpr"])
-    t_alert = time.perf_counter()
 
     g = group_alerts(alerts["objectId"].to_numpy(dtype=object), alerts["jd"].to_numpy(),
                      alerts["magpsf"].to_numpy(), alerts["score"].to_numpy())
@@ -194,7 +199,7 @@ def evaluate_scores(
         save_jd=alerts["save_jd"].to_numpy(np.float64)[o], trigger_jd=alerts["trigger_jd"].to_numpy(np.float64)[o],
         min_alerts=min_alerts, bright_limit=bright_limit, bin_edges=bin_edges, threshold=threshold,
     )
-    t_source = time.perf_counter()
+    t_sources = time.perf_counter() - t0
     report: dict[str, Any] = {
         "btsbot_jax_version": __version__,
         "created_utc": _utc_now(),
@@ -210,35 +215,12 @@ def evaluate_scores(
             "sources_with_save_jd": int(np.isfinite(sources["save_jd"]).sum()),
             "sources_with_trigger_jd": int(np.isfinite(sources["trigger_jd"]).sum()),
         },
-        "alert_level": am,
-        "source_level": {
-            "rules": {
-                "order": "each source's alerts sorted by jd (ties keep input order); a policy at an alert sees only "
-                         "that alert and the earlier ones",
-                "selection": "a source is selected at the first alert where its policy holds (that alert's jd and "
-                             "magpsf are recorded)",
-                "inclusion": f"sources with >= {min_alerts} alerts and a label; label-1 sources whose brightest "
-                             f"magpsf in the data is fainter than {bright_limit:g} are left out",
-                "completeness": "TP / (TP + FN) over included sources",
-                "purity": "TP / (TP + FP) over included sources",
-                "timeliness": "selection jd - save_jd (or trigger_jd) in days over true positives; negative = "
-                              "selected before the humans",
-                "intervals": "68.27% Wilson binomial intervals",
-            },
-            "peak_bins": {
-                "edges": [float(e) for e in bin_edges],
-                "labels": peak_bin_labels(bin_edges),
-                "convention": f"by the source's brightest magpsf in the data; [a, b) bins, the last one "
-                              f"[{bin_edges[-2]:g}, {bin_edges[-1]:g}] closed; sources brighter than "
-                              f"{bin_edges[0]:g} go to their own '<{bin_edges[0]:.2f}' bin, included sources fainter "
-                              f"than {bin_edges[-1]:g} (label 0) to '>{bin_edges[-1]:.2f}'",
-            },
-            "inclusion": inclusion_summary(sources),
-            "policies": {p.name: policy_metrics(sources, p, bin_edges) for p in pols},
-        },
-        "timings_s": {"alert_level": t_alert - t0, "source_level": t_source - t_alert},
     }
-    return Evaluation(_jsonable(report), sources, alerts, rejected, pols, roc=roc)
+    ctx = EvalContext(alerts, g, sources, pols, threshold, bin_edges, min_alerts, bright_limit)
+    seconds = run_evaluators([*default_evaluators(pols), *extra_evaluators], ctx, report)
+    t_alert = seconds.pop("alert_level", 0.0)
+    report["timings_s"] = {"alert_level": t_alert, "source_level": t_sources + sum(seconds.values())}
+    return Evaluation(_jsonable(report), sources, alerts, rejected, pols, roc=ctx.tables.get("roc_curve"))
 
 
 def _jsonable(x: Any) -> Any:
@@ -400,235 +382,21 @@ def write_report(ev: Evaluation, out_dir: str | os.PathLike, *, training_metrics
         ev.alerts.drop(columns=["predicted"]).to_csv(files["scores"], index=False)
     if training_metrics is None:
         training_metrics = ev.report.get("input", {}).get("training_metrics")
-    skipped: dict[str, str] = {}
-    if figures:
-        figs, skipped = make_figures(ev, out, training_metrics)
-        files.update(figs)
     ev.report["files"] = {k: p.name for k, p in files.items()}
-    ev.report["figures_skipped"] = dict(skipped)
+    ev.report["figures_skipped"] = {}
+    if figures:
+        for name, value in Figures(out, training_metrics).run(ev):
+            if name.startswith("files/"):
+                files[name.removeprefix("files/")] = value
+                value = value.name
+            put(ev.report, name, value, piece="figures")
     ev.report["timings_s"]["writing"] = float(time.perf_counter() - t0)
     files["report"] = out / "report.json"
     files["report"].write_text(json.dumps(ev.report, indent=1, allow_nan=False) + "\n")
     return files
 
 
-# ---- figures ------------------------------------------------------------------------------------------------------
-
-_LABEL_NAMES = {0: "label 0 (not BTS)", 1: "label 1 (BTS)"}
-_MAX_SCATTER = 20000  # points per class in the score-vs-magpsf figure; beyond, a seeded random subsample
-
-
-def _figure(width: float, height: float, nrows: int = 1, ncols: int = 1):
-    from matplotlib.figure import Figure  # Agg canvas, no pyplot state
-
-    fig = Figure(figsize=(width, height), dpi=120, layout="constrained")
-    return fig, fig.subplots(nrows, ncols, squeeze=False)
-
-
-def plot_roc(alert_level: dict[str, Any], path: Path, curve: pd.DataFrame | None = None) -> str | None:
-    """ROC from the full curve when given (``Evaluation.roc``), else from the report's (possibly thinned) copy."""
-    roc = alert_level.get("roc_curve") if curve is None else curve
-    if roc is None or not len(roc["fpr"]):
-        return "ROC needs labelled alerts of both classes"
-    fig, ax = _figure(5.2, 5.0)
-    ax = ax[0, 0]
-    ax.plot(np.asarray(roc["fpr"]), np.asarray(roc["tpr"]), lw=2, label=f"ROC, AUC = {alert_level['roc_auc']:.4f}")
-    ax.plot([0, 1], [0, 1], ls="--", color="0.6", lw=1, label="chance")
-    (tn, fp), (fn, tp) = alert_level["confusion_matrix"]["counts"]
-    ax.plot(fp / max(fp + tn, 1), tp / max(tp + fn, 1), "o", ms=8, color="C3",
-            label=f"operating point ({alert_level['decision']})")
-    ax.set_xlabel("false positive rate (label-0 alerts selected / all label-0)")
-    ax.set_ylabel("true positive rate (label-1 alerts selected / all label-1)")
-    ax.set_xlim(-0.01, 1.01)
-    ax.set_ylim(-0.01, 1.01)
-    ax.set_title(f"Alert-level ROC ({alert_level['n_alerts']} labelled alerts)")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right")
-    fig.savefig(path)
-    return None
-
-
-def plot_confusion(alert_level: dict[str, Any], path: Path) -> str | None:
-    if not alert_level.get("confusion_matrix"):
-        return "no labelled alerts"
-    counts = np.asarray(alert_level["confusion_matrix"]["counts"])
-    norm = np.asarray([[np.nan if v is None else v for v in row] for row in alert_level["confusion_matrix_normalized"]],
-                      np.float64)
-    fig, ax = _figure(6.2, 4.6)
-    ax = ax[0, 0]
-    im = ax.imshow(np.nan_to_num(norm), vmin=0, vmax=1, cmap="Blues")
-    for i in range(2):
-        for j in range(2):
-            v = norm[i, j]
-            txt = "n/a" if not np.isfinite(v) else f"{v:.3f}"
-            ax.text(j, i, f"{txt}\n({counts[i, j]} alerts)", ha="center", va="center",
-                    color="white" if np.isfinite(v) and v > 0.5 else "black", fontsize=11)
-    ax.set_xticks([0, 1], ["0: not BTS", "1: BTS"])
-    ax.set_yticks([0, 1], ["0: not BTS", "1: BTS"])
-    ax.set_xlabel(f"predicted class ({alert_level['decision']})")
-    ax.set_ylabel("true class (label)")
-    ax.set_title("Confusion matrix, normalised by true class")
-    fig.colorbar(im, ax=ax, label="fraction of the true class")
-    fig.savefig(path)
-    return None
-
-
-def plot_score_vs_magpsf(alerts: pd.DataFrame, threshold: float, path: Path) -> str | None:
-    fig, ax = _figure(7.0, 4.6)
-    ax = ax[0, 0]
-    rng = np.random.default_rng(0)
-    lab = alerts["label"].to_numpy()
-    groups = [(0, lab == 0, "C0", "o"), (1, lab == 1, "C1", "o"), (None, ~np.isfinite(lab), "0.3", "x")]
-    note = ""
-    for value, mask, color, marker in groups:
-        idx = np.flatnonzero(mask)
-        if not idx.size:
-            continue
-        name = _LABEL_NAMES.get(value, "unlabelled")
-        if idx.size > _MAX_SCATTER:
-            idx = np.sort(rng.choice(idx, _MAX_SCATTER, replace=False))
-            note = f" (random {_MAX_SCATTER} per class shown)"
-        ax.scatter(alerts["magpsf"].to_numpy()[idx], alerts["score"].to_numpy()[idx], s=6 if idx.size > 2000 else 14,
-                   alpha=0.5 if idx.size > 2000 else 0.8, color=color, marker=marker, lw=0 if marker == "o" else 1,
-                   label=f"{name}: {int(mask.sum())} alerts", rasterized=True)
-    ax.axhline(threshold, color="C3", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.axvline(BRIGHT_LIMIT, color="0.4", ls=":", lw=1, label=f"magpsf {BRIGHT_LIMIT:g} (bts_p2 peak limit)")
-    ax.axvline(19.0, color="0.4", ls="-.", lw=1, label="magpsf 19 (policy alert limit)")
-    mag = alerts["magpsf"].to_numpy()
-    lo, hi = np.quantile(mag, [0.0, 0.999]) if mag.size else (15.0, 21.0)
-    ax.set_xlim(min(lo, BRIGHT_LIMIT) - 0.3, max(hi, 19.0) + 0.3)  # a few absurdly faint outliers do not set the axis
-    ax.set_xlabel("alert magpsf [mag] (brighter to the left)")
-    ax.set_ylabel("score")
-    ax.set_ylim(-0.03, 1.03)
-    ax.set_title("Alert score vs PSF magnitude" + note)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
-    fig.savefig(path)
-    return None
-
-
-def plot_completeness_purity(report: dict[str, Any], path: Path) -> str | None:
-    pols = report["source_level"]["policies"]
-    if not pols:
-        return "no policy"
-    labels = report["source_level"]["peak_bins"]["labels"]
-    fig, axes = _figure(5.4 * len(pols), 4.6, ncols=len(pols))
-    x = np.arange(len(labels))
-    for ax, (name, p) in zip(axes[0], pols.items()):
-        for key, color, marker, dx in (("completeness", "C2", "o", -0.06), ("purity", "C4", "s", 0.06)):
-            y = np.array([np.nan if b[key] is None else b[key] for b in p["per_peak_bin"]], np.float64)
-            lo = np.array([np.nan if b[f"{key}_interval68"] is None else b[f"{key}_interval68"][0]
-                           for b in p["per_peak_bin"]])
-            hi = np.array([np.nan if b[f"{key}_interval68"] is None else b[f"{key}_interval68"][1]
-                           for b in p["per_peak_bin"]])
-            overall = "n/a" if p[key] is None else f"{100 * p[key]:.1f}%"
-            yerr = np.clip(np.nan_to_num([y - lo, hi - y]), 0, None)  # Wilson bounds can sit 1 ulp inside y
-            ax.errorbar(x + dx, y, yerr=yerr, color=color, marker=marker, capsize=3,
-                        label=f"{key} (overall {overall})")
-        for xi, b in zip(x, p["per_peak_bin"]):
-            ax.annotate(f"{b['TP'] + b['FN']}/{b['n_selected']}", (xi, 0.02), ha="center", fontsize=7, color="0.3")
-        ax.set_xticks(x, labels, rotation=35, ha="right")
-        ax.set_xlim(-0.6, len(labels) - 0.4)
-        ax.set_ylim(-0.02, 1.08)
-        ax.set_xlabel("peak (brightest) magpsf of the source [mag]")
-        ax.set_ylabel("fraction of sources")
-        ax.set_title(f"{name}: {p['TP']} TP, {p['FP']} FP, {p['FN']} FN, {p['TN']} TN")
-        ax.grid(alpha=0.3)
-        ax.legend(loc="lower left", bbox_to_anchor=(0.0, 0.06), fontsize=8)
-    fig.suptitle("Source-level completeness and purity per peak-magnitude bin "
-                 "(68% Wilson intervals; numbers: label-1 sources / selected)", fontsize=10)
-    fig.savefig(path)
-    return None
-
-
-def plot_timeliness(ev: Evaluation, path: Path) -> str | None:
-    refs = [r for r in TIMELINESS_REFERENCES
-            if any(np.isfinite(ev.sources[f"{p.name}_minus_{r}_days"]).any() for p in ev.policies)]
-    if not refs:
-        return "no true positive has a save_jd or trigger_jd"
-    fig, axes = _figure(5.6 * len(refs), 4.4, ncols=len(refs))
-    for ax, ref in zip(axes[0], refs):
-        data = {p.name: ev.sources[f"{p.name}_minus_{ref}_days"].to_numpy() for p in ev.policies}
-        data = {k: v[np.isfinite(v)] for k, v in data.items()}
-        allv = np.concatenate(list(data.values()))
-        hours = np.abs(allv).max() <= 2.0  # show hours when everything is within two days
-        scale, unit = (24.0, "hours") if hours else (1.0, "days")
-        edges = np.histogram_bin_edges(allv * scale, bins="auto")
-        if len(edges) > 61:
-            edges = np.linspace(edges[0], edges[-1], 61)
-        for i, (name, v) in enumerate(data.items()):
-            if not v.size:
-                continue
-            med = np.median(v) * scale
-            ax.hist(v * scale, bins=edges, histtype="step", lw=2, color=f"C{i}", ls=("-", "--", ":", "-.")[i % 4],
-                    label=f"{name}: {v.size} TPs, median {med:+.2f} {unit}")
-            ax.axvline(med, color=f"C{i}", ls="--", lw=1)
-        ax.axvline(0, color="k", lw=1)
-        ax.set_xlabel(f"selection jd - {ref} [{unit}] (negative = before the humans)")
-        ax.set_ylabel("true-positive sources")
-        ax.set_title(f"Timeliness vs human {ref.removesuffix('_jd')}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.savefig(path)
-    return None
-
-
-def plot_training_curves(metrics_csv: str | os.PathLike, path: Path) -> str | None:
-    m = pd.read_csv(metrics_csv)
-    x = m["epoch"].to_numpy() if "epoch" in m.columns else np.arange(1, len(m) + 1)
-    panels = [
-        ("loss", [c for c in ("loss", "val_loss") if c in m.columns], "binary cross-entropy (class-weighted)", False),
-        ("accuracy / AUC", [c for c in ("accuracy", "val_accuracy", "val_auc") if c in m.columns], "fraction", False),
-        ("learning rate", [c for c in ("lr",) if c in m.columns], "learning rate", True),
-    ]
-    panels = [p for p in panels if p[1]]
-    if not panels:
-        return f"{metrics_csv} has none of loss, val_loss, accuracy, val_accuracy, val_auc, lr"
-    fig, axes = _figure(4.8 * len(panels), 3.8, ncols=len(panels))
-    for ax, (title, cols, ylabel, log) in zip(axes[0], panels):
-        for c in cols:
-            ax.plot(x, m[c].to_numpy(), label=c, lw=1.5, ls="--" if c.startswith("val_") else "-")
-        if "val_loss" in cols:
-            best = int(np.nanargmin(m["val_loss"].to_numpy()))
-            ax.axvline(x[best], color="0.5", ls=":", label=f"best val_loss (epoch {x[best]})")
-        if log:
-            ax.set_yscale("log")
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(ylabel)
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(f"Training curves ({Path(metrics_csv).parent.name}/{Path(metrics_csv).name})", fontsize=10)
-    fig.savefig(path)
-    return None
-
-
-def make_figures(ev: Evaluation, out: Path, training_metrics: str | os.PathLike | None = None
-                 ) -> tuple[dict[str, Path], dict[str, str]]:
-    """All figures of a report; returns (written paths, skipped figure -> reason)."""
-    am = ev.report["alert_level"]
-    jobs = {
-        "roc": lambda p: plot_roc(am, p, ev.roc),
-        "confusion_matrix": lambda p: plot_confusion(am, p),
-        "score_vs_magpsf": lambda p: plot_score_vs_magpsf(ev.alerts, am["threshold"], p),
-        "completeness_purity": lambda p: plot_completeness_purity(ev.report, p),
-        "timeliness": lambda p: plot_timeliness(ev, p),
-    }
-    if training_metrics is not None:
-        jobs["training_curves"] = lambda p: plot_training_curves(training_metrics, p)
-    written, skipped = {}, {}
-    for name, job in jobs.items():
-        path = out / f"{name}.png"
-        why = job(path)
-        if why is None:
-            written[name] = path
-        else:
-            skipped[name] = why
-    if training_metrics is None:
-        skipped["training_curves"] = "no metrics.csv from a training workdir (pass training_metrics=...)"
-    return written, skipped
-
-
+# ---- console ------------------------------------------------------------------------------------------------------
 
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """A few human lines for the console."""
@@ -659,9 +427,10 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     return lines
 
 
+# The figures' functions stay importable from here, as before the split into report and plots.
 __all__ = [
-    "Evaluation", "EvaluationError", "check_scores_table", "evaluate_dataset", "evaluate_scores",
-    "find_training_metrics", "load_data", "make_figures", "plot_completeness_purity", "plot_confusion", "plot_roc",
-    "plot_score_vs_magpsf", "plot_timeliness", "plot_training_curves", "read_scores_table", "score_split",
-    "summary_lines", "write_report",
+    "ROC_POINTS_IN_REPORT", "Evaluation", "EvaluationError", "check_scores_table", "evaluate_dataset",
+    "evaluate_scores", "find_training_metrics", "load_data", "make_figures", "plot_completeness_purity",
+    "plot_confusion", "plot_roc", "plot_score_vs_magpsf", "plot_timeliness", "plot_training_curves",
+    "read_scores_table", "score_split", "summary_lines", "write_report",
 ]

@@ -21,6 +21,15 @@ Routes, and why (tried with jax 0.10.2, TF 2.21, onnx 1.23, onnxruntime 1.32):
   -> `model([triplet, features], training=False)`, with float64 inputs and features shaped (N,25,1)), so it
   swaps in for v1.0.1 unchanged.
 
+Every export describes itself (`btsbot_jax.inference.deployment.deployment_card`: architecture, model and
+btsbot-jax versions, metadata column order, input layout and names, output = sigmoid score, decision threshold 0.5
+and the policy constants), because brokers keep the artifact and lose the files beside it: the ONNX file carries it
+in `metadata_props` (the whole card as JSON under `model_card`, and each field as its own key), the SavedModel as
+the asset `assets/model_card.json` and as a `model_card` signature (no inputs, returns the JSON string; TF keeps no
+docstrings in a SavedModel, so the signature is its description), and the StableHLO export, whose serialized
+format has no place for it, in the `deployment` section of the model_card.json beside `model.jax_export`. Every
+export's model_card.json has the same `deployment` section.
+
 Every export is verified before it is published: the artifact is loaded back with its runtime
 (`btsbot_jax.inference.runtimes`) and scored against the Flax model on probe inputs (metadata drawn around the BatchNorm
 statistics, so the probe lies where the model was trained); a max difference above TOLERANCE aborts the export
@@ -43,6 +52,12 @@ from typing import Any
 import numpy as np
 
 from btsbot_jax import __version__
+from btsbot_jax.inference.deployment import (
+    SAVEDMODEL_CARD_ASSET,
+    SAVEDMODEL_CARD_SIGNATURE,
+    deployment_card,
+    onnx_metadata,
+)
 from btsbot_jax.inference.runtimes import (
     ALL_FORMAT,
     ARTIFACTS,
@@ -234,8 +249,12 @@ def build_onnx(weights: dict[str, np.ndarray], spec: dict[str, Any], doc: dict[s
 # ------------------------------------------------------------------------------------------------- SavedModel
 
 
-def build_tf_module(weights: dict[str, np.ndarray], spec: dict[str, Any]):
-    """tf.Module with `serve` (the v1.0.1 serving signature) and a Keras-style `__call__` (Kowalski's call)."""
+def build_tf_module(weights: dict[str, np.ndarray], spec: dict[str, Any], card_json: str | None = None,
+                    card_file: str | os.PathLike | None = None):
+    """tf.Module with `serve` (the v1.0.1 serving signature) and a Keras-style `__call__` (Kowalski's call).
+
+    With `card_json` it also has `model_card()` -> {"model_card": JSON string} (saved as a signature) and with
+    `card_file` that file as an asset (copied into the SavedModel's assets/)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
 
@@ -250,6 +269,12 @@ def build_tf_module(weights: dict[str, np.ndarray], spec: dict[str, Any]):
                 name: tf.Variable(value, trainable=False, name=name.replace("/", "_"))
                 for name, value in weights.items()
             }
+            if card_file is not None:
+                self.model_card_file = tf.saved_model.Asset(str(card_file))
+
+        @tf.function(input_signature=[])
+        def model_card(self):
+            return {SAVEDMODEL_CARD_SIGNATURE: tf.constant(card_json or "{}")}
 
         def scores(self, triplet, metadata):
             w = self.w
@@ -342,28 +367,34 @@ def _export_stablehlo(model, spec, out: Path, platforms: Sequence[str]) -> dict[
         "calling_convention_version": exported.calling_convention_version,
         "jax_version": jax.__version__,
         "output": "(N, 1) float32 sigmoid score",
+        "model_card_in": "deployment section of the model_card.json beside model.jax_export",
     }
 
 
-def _export_onnx(weights, spec, card, out: Path) -> dict[str, Any]:
+def _export_onnx(weights, spec, dcard, out: Path) -> dict[str, Any]:
     import onnx
 
-    props = {"version": str(card.get("version", "")), "architecture": spec["architecture"],
-             "metadata_columns": json.dumps(card["metadata_columns"])}
-    model = build_onnx(weights, spec, doc=props)
+    model = build_onnx(weights, spec, doc=onnx_metadata(dcard))
     onnx.save(model, str(out / ARTIFACTS["onnx"]))
-    return {"opset": ONNX_OPSET, "ir_version": ONNX_IR_VERSION, "onnx_version": onnx.__version__}
+    return {"opset": ONNX_OPSET, "ir_version": ONNX_IR_VERSION, "onnx_version": onnx.__version__,
+            "model_card_in": "metadata_props"}
 
 
-def _export_savedmodel(weights, spec, out: Path) -> dict[str, Any]:
+def _export_savedmodel(weights, spec, dcard, out: Path) -> dict[str, Any]:
     import tensorflow as tf
 
-    module = build_tf_module(weights, spec)
-    tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve})
+    card_json = json.dumps(dcard, indent=2, sort_keys=True) + "\n"
+    with tempfile.TemporaryDirectory() as tmp:
+        card_file = Path(tmp) / SAVEDMODEL_CARD_ASSET
+        card_file.write_text(card_json)
+        module = build_tf_module(weights, spec, card_json=card_json, card_file=card_file)
+        tf.saved_model.save(module, str(out), signatures={"serving_default": module.serve,
+                                                          SAVEDMODEL_CARD_SIGNATURE: module.model_card})
     ops = savedmodel_op_types(out)
     if "XlaCallModule" in ops:  # cannot happen with plain ops; guard against a future change of route
         raise ExportError("SavedModel contains an XlaCallModule op; Kowalski's TF 2.13 may not run it")
-    return {"tensorflow_version": tf.__version__, "signature": "serving_default", "op_types": sorted(ops)}
+    return {"tensorflow_version": tf.__version__, "signature": "serving_default", "op_types": sorted(ops),
+            "model_card_in": [f"assets/{SAVEDMODEL_CARD_ASSET}", f"signature {SAVEDMODEL_CARD_SIGNATURE!r}"]}
 
 
 def _verify(fmt: str, out: Path, reference, probe) -> dict[str, Any]:
@@ -385,7 +416,7 @@ def _verify(fmt: str, out: Path, reference, probe) -> dict[str, Any]:
 
 def _load_source(checkpoint):
     from btsbot_jax.models.model_dir import (
-        CARD_FORMAT,
+        MODEL_FORMATS,
         CheckpointError,
         load_model,
         read_model_card,
@@ -404,8 +435,8 @@ def _load_source(checkpoint):
             f"{model_dir} is already an export ({fmt}); export from the model directory it came from"
             + (f" ({src})" if src else "")
         )
-    if fmt != CARD_FORMAT:
-        raise ExportError(f"{model_dir}: model card format {fmt!r} is not a btsbot-jax model directory ({CARD_FORMAT})")
+    if fmt not in MODEL_FORMATS:
+        raise ExportError(f"{model_dir}: model card format {fmt!r} is not a btsbot-jax model directory {MODEL_FORMATS}")
     arch = card.get("architecture")
     if arch not in LAYERS:
         raise ExportError(f"{model_dir}: cannot export architecture {arch!r}; supported: {sorted(LAYERS)}")
@@ -416,7 +447,7 @@ def _load_source(checkpoint):
     return model_dir, model, card
 
 
-def _export_card(src_card, model_dir, fmt, details, verification) -> dict[str, Any]:
+def _export_card(src_card, model_dir, fmt, details, verification, dcard) -> dict[str, Any]:
     card = {k: v for k, v in src_card.items() if k not in ("format", "created_utc", "btsbot_jax_version")}
     card.update(
         format=EXPORT_FORMATS[fmt],
@@ -427,6 +458,7 @@ def _export_card(src_card, model_dir, fmt, details, verification) -> dict[str, A
         exported_from={"path": str(Path(model_dir).resolve()), "format": src_card.get("format"),
                        "created_utc": src_card.get("created_utc")},
         export=details,
+        deployment=dcard,
         verification=verification,
         btsbot_jax_version=__version__,
         created_utc=_dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -474,6 +506,7 @@ def export_model(
     weights = model_weights(model)
     spec = _spec(src_card, src_card.get("model_config", {}).get("bn_epsilon", 1e-3))
     check_weights(weights, spec)
+    dcard = deployment_card(src_card, INPUT_NAMES, OUTPUT_NAME)
     probe = probe_inputs(weights, spec, n=n_probe)
     reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
 
@@ -491,10 +524,10 @@ def export_model(
             if f == "stablehlo":
                 details = _export_stablehlo(model, spec, d, platforms)
             elif f == "onnx":
-                details = _export_onnx(weights, spec, src_card, d)
+                details = _export_onnx(weights, spec, dcard, d)
             else:
-                details = _export_savedmodel(weights, spec, d)
-            card = _export_card(src_card, model_dir, f, details, verification={})
+                details = _export_savedmodel(weights, spec, dcard, d)
+            card = _export_card(src_card, model_dir, f, details, verification={}, dcard=dcard)
             _write_card(d, card)
             card["verification"] = _verify(f, d, reference, probe)
             _write_card(d, card)

@@ -84,8 +84,12 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def import_keras(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike, version: str = "v1.0.1") -> Path:
-    """Map a Keras BTSbot mm_cnn SavedModel onto the Flax mm_cnn and write a model directory."""
+def import_keras(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike, version: str = "v1.0.1", *,
+                 weights_format: str = "orbax", provenance: dict | None = None) -> Path:
+    """Map a Keras BTSbot mm_cnn SavedModel onto the Flax mm_cnn and write a model directory.
+
+    `weights_format` "safetensors" writes one file (how btsbot_jax/weights ships v1.0.1); `provenance` entries
+    are added to (or replace) the recorded source, sha256 and reference."""
     from flax import nnx
 
     src = Path(saved_model_dir)
@@ -112,6 +116,7 @@ def import_keras(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike,
             "saved_model_dir": str(src.resolve()),
             "variables_sha256": _sha256(Path(str(_variables_prefix(src)) + ".data-00000-of-00001")),
             "reference": "Rehemtulla et al. 2024, ApJ 972, 7; github.com/nabeelre/BTSbot",
+            **(provenance or {}),
         },
     )
-    return save_model(model, out_dir, card)
+    return save_model(model, out_dir, card, weights_format=weights_format)

@@ -8,7 +8,8 @@ float32 (N,)`, `.version`, `.card`, same input validation and `InputError`), so 
 Layout of an export directory (written by `btsbot_jax.inference.export`)::
 
     DIR/model_card.json    the source model card with `format` = one of EXPORT_FORMATS below, the artifact name,
-                           the signature, where it was exported from, and the parity measured at export time
+                           the signature, where it was exported from, the parity measured at export time, and
+                           the `deployment` section (btsbot_jax.inference.deployment) the artifact carries too
     DIR/model.jax_export   stablehlo: `jax.export` serialized module (weights embedded, symbolic batch)
     DIR/model.onnx         onnx: inputs `triplet`, `metadata`; output `fc_out`
     DIR/saved_model.pb     savedmodel: DIR itself is the SavedModel (`tf.saved_model.load(DIR)`), so
@@ -17,6 +18,14 @@ Layout of an export directory (written by `btsbot_jax.inference.export`)::
 An `all` export is `DIR/model_card.json` (format `btsbot-jax/export-all`, `exports` = {format: subfolder}) with
 one complete export directory per format in `DIR/stablehlo`, `DIR/onnx`, `DIR/savedmodel`; loading the parent
 picks its `default_runtime` (StableHLO), loading a subfolder picks that runtime.
+
+The metadata column order a scorer uses comes from the artifact itself where the format can hold it (ONNX
+metadata_props, the SavedModel's `model_card` signature); a model_card.json beside it that says otherwise is refused
+(ExportFormatError), since brokers copy artifacts around without their JSON.
+
+ONNX Runtime picks its device without flags: `onnx_providers()` puts CUDAExecutionProvider first where the installed
+onnxruntime has it (the onnxruntime-gpu package), then CPUExecutionProvider; ONNX Runtime falls back to the CPU when
+the CUDA provider cannot start (no GPU, no driver).
 
 Heavy runtimes (jax, onnxruntime, tensorflow) are imported only by the scorer that needs them.
 """
@@ -86,6 +95,22 @@ class RuntimeScorer:
     def _open(self, artifact: Path) -> None:
         raise NotImplementedError
 
+    def _adopt_artifact_card(self, artifact_card: dict[str, Any] | None, where: str) -> None:
+        """Take the column order from the artifact; refuse a model_card.json beside it that disagrees."""
+        self.artifact_card = artifact_card
+        if not artifact_card or "metadata_columns" not in artifact_card:
+            return
+        cols = artifact_card["metadata_columns"]
+        if not (isinstance(cols, list) and all(isinstance(c, str) for c in cols)):
+            raise ExportFormatError(f"{where}: metadata_columns is not a list of column names")
+        cols = tuple(cols)
+        if cols != self.metadata_columns:
+            raise ExportFormatError(
+                f"{where} states the metadata column order {list(cols)}, but {self.path / MODEL_CARD} beside it "
+                f"says {list(self.metadata_columns)}; the JSON does not belong to this artifact"
+            )
+        self.metadata_columns = cols
+
     def _run(self, t: np.ndarray, m: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
@@ -138,6 +163,8 @@ class StableHLOScorer(RuntimeScorer):
                 f"re-export with that platform"
             )
         self._call = jax.jit(self.exported.call)
+        # the serialized module has no room for metadata: its card is the deployment section of model_card.json
+        self._adopt_artifact_card(self.card.get("deployment"), f"{self.path / MODEL_CARD} (deployment section)")
 
     def compiled_sizes(self) -> int:
         return self._call._cache_size()
@@ -170,12 +197,21 @@ class OnnxScorer(RuntimeScorer):
     def _open(self, artifact: Path) -> None:
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        providers = self._providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
-        self.session = ort.InferenceSession(str(artifact), providers=providers)
+        self.session = ort.InferenceSession(str(artifact), providers=self._providers or onnx_providers())
         names = tuple(i.name for i in self.session.get_inputs())
         if set(names) != set(INPUT_NAMES):
             raise ExportFormatError(f"{artifact}: ONNX inputs are {names}, expected {INPUT_NAMES}")
+        from btsbot_jax.inference.deployment import ONNX_CARD_KEY, columns_from_onnx_metadata
+
+        props = dict(self.session.get_modelmeta().custom_metadata_map)
+        try:
+            card = json.loads(props[ONNX_CARD_KEY]) if ONNX_CARD_KEY in props else {}
+            cols = columns_from_onnx_metadata(props)
+        except ValueError as e:
+            raise ExportFormatError(f"{artifact}: unreadable model card in metadata_props ({e})") from e
+        if cols is not None:
+            card["metadata_columns"] = list(cols)
+        self._adopt_artifact_card(card, f"{artifact} (metadata_props)")
 
     def _run(self, t, m):
         (out,) = self.session.run([OUTPUT_NAME], {"triplet": t, "metadata": m})
@@ -197,10 +233,29 @@ class SavedModelScorer(RuntimeScorer):
             self._fn = self._loaded.signatures["serving_default"]
         except KeyError as e:
             raise ExportFormatError(f"{artifact.parent}: SavedModel has no 'serving_default' signature") from e
+        from btsbot_jax.inference.deployment import SAVEDMODEL_CARD_SIGNATURE
+
+        card = None
+        if SAVEDMODEL_CARD_SIGNATURE in self._loaded.signatures:
+            raw = self._loaded.signatures[SAVEDMODEL_CARD_SIGNATURE]()[SAVEDMODEL_CARD_SIGNATURE].numpy()
+            try:
+                card = json.loads(raw)
+            except ValueError as e:
+                raise ExportFormatError(f"{artifact.parent}: unreadable '{SAVEDMODEL_CARD_SIGNATURE}' signature") from e
+        self._adopt_artifact_card(card, f"{artifact.parent} (signature {SAVEDMODEL_CARD_SIGNATURE!r})")
 
     def _run(self, t, m):
         tf = self._tf
         return self._fn(triplet=tf.constant(t), metadata=tf.constant(m))[OUTPUT_NAME].numpy()[:, 0]
+
+
+def onnx_providers(available: Sequence[str] | None = None) -> list[str]:
+    """ONNX Runtime execution providers in order of preference among those installed: CUDA, then CPU."""
+    if available is None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+    return [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
 
 
 RUNTIMES: dict[str, type[RuntimeScorer]] = {
@@ -244,5 +299,5 @@ def load_exported(
 
 __all__ = [
     "ALL_FORMAT", "ARTIFACTS", "EXPORT_FORMATS", "ExportFormatError", "OnnxScorer", "RuntimeScorer",
-    "SavedModelScorer", "StableHLOScorer", "is_export_card", "load_exported", "read_export_card",
+    "SavedModelScorer", "StableHLOScorer", "is_export_card", "load_exported", "onnx_providers", "read_export_card",
 ]

@@ -6,7 +6,7 @@ Here the schema is compiled once into straight-line Python (one function per nam
 inlined, the dict built in one expression) and cached by the schema's text. Only what ZTF-like schemas need is
 compiled: null, boolean, int, long, float, double, bytes, string, record, enum, array, map, fixed and unions of
 them. Anything else (logical types, which fastavro converts, or an unknown construct) makes `compile_decoder`
-return None and the caller uses fastavro. tests/test_alerts.py checks equality with fastavro on every real packet.
+return None and the caller uses fastavro. tests/test_readers.py checks equality with fastavro on every real packet.
 
 Nothing in a packet is trusted (docs/security.md): every declared length and block count is checked against the
 bytes that remain before anything is allocated or looped over (an array block of zero-size items, e.g. nulls, may

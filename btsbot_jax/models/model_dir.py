@@ -1,12 +1,18 @@
-"""Model directories: an orbax checkpoint of the weights plus a JSON model card beside it.
+"""Model directories: the weights (orbax checkpoint or one safetensors file) plus a JSON model card beside it.
 
 Layout of a model directory (what `import_keras`, training and `load_scorer` agree on)::
 
-    DIR/model_card.json   architecture config, metadata column order, provenance, version string
-    DIR/state/            orbax StandardCheckpointer tree of nnx.Param and nnx.BatchStat values
+    DIR/model_card.json        architecture config, metadata column order, provenance, version string; its
+                               `format` says how the weights are stored (CARD_FORMAT or SAFETENSORS_FORMAT)
+    DIR/state/                 orbax StandardCheckpointer tree of nnx.Param and nnx.BatchStat values, or
+    DIR/weights.safetensors    the same arrays in one safetensors file, keyed "image/conv1/kernel", ...
 
 Only parameters and BatchNorm statistics are stored: the RNG state of dropout is a training concern and the
-optimizer state lives in the training checkpoints, so a model directory is small and safe to ship.
+optimizer state lives in the training checkpoints, so a model directory is small and safe to ship. Training writes
+orbax; the weights shipped inside the package (btsbot_jax/weights) are one safetensors file, a format that holds
+only named arrays (nothing in it is executed) and whose bytes do not depend on the orbax version.
+
+`resolve_checkpoint` also accepts the name of a packaged model ("v1.0.1") where no such path exists.
 """
 
 from __future__ import annotations
@@ -28,7 +34,10 @@ from btsbot_jax.models import ARCHITECTURES, BTSbot, create_model, default_model
 
 MODEL_CARD = "model_card.json"
 STATE_DIR = "state"
+WEIGHTS_FILE = "weights.safetensors"
 CARD_FORMAT = "btsbot-jax/orbax"
+SAFETENSORS_FORMAT = "btsbot-jax/safetensors"
+MODEL_FORMATS = (CARD_FORMAT, SAFETENSORS_FORMAT)
 
 
 class CheckpointError(ValueError):
@@ -59,15 +68,43 @@ def make_model_card(
     return card
 
 
-def save_model(model: BTSbot, out_dir: str | os.PathLike, card: dict[str, Any]) -> Path:
-    """Write weights (orbax) and model card; overwrites an existing model directory."""
+def flat_weights(model: BTSbot) -> dict[str, np.ndarray]:
+    """The model's parameters and BatchNorm statistics as {"image/conv1/kernel": array, ...}."""
+    pure = nnx.to_pure_dict(_weights(model))
+    return {_key(path): np.asarray(v) for path, v in jax.tree_util.tree_flatten_with_path(pure)[0]}
+
+
+def _key(path) -> str:
+    return "/".join(str(getattr(k, "key", k)) for k in path)
+
+
+def save_model(model: BTSbot, out_dir: str | os.PathLike, card: dict[str, Any], weights_format: str = "orbax") -> Path:
+    """Write weights and model card; overwrites an existing model directory.
+
+    `weights_format` "orbax" (what training writes) or "safetensors" (one file, for shipping); the card's `format`
+    is set to match."""
     out = Path(out_dir).absolute()
     out.mkdir(parents=True, exist_ok=True)
-    state = nnx.to_pure_dict(_weights(model))
-    state = jax.tree.map(np.asarray, state)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(out / STATE_DIR, state, force=True)
-    ckptr.wait_until_finished()
+    card = dict(card)
+    if weights_format == "orbax":
+        state = jax.tree.map(np.asarray, nnx.to_pure_dict(_weights(model)))
+        # Host arrays written by the calling process alone: with several JAX processes (multi-host training exports
+        # from process 0 only) orbax must not wait for the others at its barriers.
+        me = jax.process_index()
+        ckptr = ocp.StandardCheckpointer(
+            multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me}))
+        ckptr.save(out / STATE_DIR, state, force=True)
+        ckptr.wait_until_finished()
+        card["format"] = CARD_FORMAT
+    elif weights_format == "safetensors":
+        from safetensors.numpy import save_file
+
+        # one fixed metadata entry (safetensors writes a map's keys in no fixed order; no time stamp) so the same
+        # weights always give the same bytes; the model card beside the file says everything else
+        save_file(flat_weights(model), out / WEIGHTS_FILE, metadata={"format": SAFETENSORS_FORMAT})
+        card["format"] = SAFETENSORS_FORMAT
+    else:
+        raise ValueError(f"weights_format must be 'orbax' or 'safetensors', got {weights_format!r}")
     (out / MODEL_CARD).write_text(json.dumps(card, indent=2, sort_keys=True) + "\n")
     return out
 
@@ -86,7 +123,13 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
     """Accept a model directory or a training workdir (whose best checkpoint is `best/`)."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"checkpoint path {str(p)!r} does not exist")
+        from btsbot_jax.weights import PACKAGED, packaged_model_dir
+
+        if str(path) in PACKAGED:
+            return packaged_model_dir(str(path))
+        raise CheckpointError(
+            f"checkpoint path {str(p)!r} does not exist (and is not a packaged model: {', '.join(PACKAGED)})"
+        )
     if (p / MODEL_CARD).is_file():
         return p
     if (p / "best" / MODEL_CARD).is_file():
@@ -100,10 +143,10 @@ def load_model(path: str | os.PathLike, architecture: str | None = None) -> tupl
     """Restore a model (in eval mode) and its card. `architecture`, if given, must match the card."""
     model_dir = resolve_checkpoint(path)
     card = read_model_card(model_dir)
-    if card.get("format") != CARD_FORMAT:
+    fmt = card.get("format")
+    if fmt not in MODEL_FORMATS:
         raise CheckpointError(
-            f"{model_dir}: model card format {card.get('format')!r} is not an orbax weights checkpoint "
-            f"({CARD_FORMAT!r})"
+            f"{model_dir}: model card format {fmt!r} is not a btsbot-jax weights checkpoint (one of {MODEL_FORMATS})"
         )
     arch = card.get("architecture")
     if arch not in ARCHITECTURES:
@@ -114,21 +157,52 @@ def load_model(path: str | os.PathLike, architecture: str | None = None) -> tupl
     cfg.update(card["model_config"])
     model = create_model(cfg)
     target = jax.tree.map(np.asarray, nnx.to_pure_dict(_weights(model)))
-    state_dir = (model_dir / STATE_DIR).absolute()
-    if not state_dir.is_dir():
-        raise CheckpointError(f"{model_dir}: weights folder {STATE_DIR}/ is missing")
-    try:
-        restored = ocp.StandardCheckpointer().restore(state_dir, target)
-    except Exception as e:  # orbax raises several types for a tree that does not fit
-        raise CheckpointError(
-            f"{model_dir}: weights do not fit the {arch!r} architecture of its model card: {e}"
-        ) from e
+    if fmt == SAFETENSORS_FORMAT:
+        restored = _restore_safetensors(model_dir, target, arch)
+    else:
+        state_dir = (model_dir / STATE_DIR).absolute()
+        if not state_dir.is_dir():
+            raise CheckpointError(f"{model_dir}: weights folder {STATE_DIR}/ is missing")
+        try:
+            restored = ocp.StandardCheckpointer().restore(state_dir, target)
+        except Exception as e:  # orbax raises several types for a tree that does not fit
+            raise CheckpointError(
+                f"{model_dir}: weights do not fit the {arch!r} architecture of its model card: {e}"
+            ) from e
     _check_shapes(model_dir, target, restored)
     state = _weights(model)
     nnx.replace_by_pure_dict(state, restored)
     nnx.update(model, state)
     model.eval()
     return model, card
+
+
+def _restore_safetensors(model_dir: Path, target, arch: str):
+    """The target tree filled from DIR/weights.safetensors; names, shapes and dtypes must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    path = model_dir / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{model_dir}: weights file {WEIGHTS_FILE} is missing")
+    try:
+        arrays = load_file(path)
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(target)
+    want = {_key(p) for p, _ in leaves}
+    if want != set(arrays):
+        raise CheckpointError(
+            f"{path}: weight names do not fit the {arch!r} architecture of its model card: missing "
+            f"{sorted(want - set(arrays))}, unexpected {sorted(set(arrays) - want)}"
+        )
+    out = []
+    for p, v in leaves:
+        a = arrays[_key(p)]
+        if a.dtype != v.dtype:
+            raise CheckpointError(f"{path}: weight {_key(p)} is {a.dtype}, architecture expects {v.dtype}")
+        out.append(a)
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _check_shapes(model_dir: Path, target, restored) -> None:

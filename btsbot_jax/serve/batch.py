@@ -173,11 +173,23 @@ def _summary(scorer, scores, rejected, n_in, duplicates, seconds, stats: ReadSta
     return summary
 
 
+def check_scorer_columns(scorer) -> None:
+    """Refuse (ColumnOrderError) a scorer whose model expects the metadata columns in another order than
+    `prepare_batch` builds them; scorers that state no order (plain callables) are taken as they are."""
+    from btsbot_jax.inference.deployment import check_column_order
+
+    columns = getattr(scorer, "metadata_columns", None)
+    if columns is not None:
+        where = getattr(scorer, "path", None) or f"model {getattr(scorer, 'version', '?')}"
+        check_column_order(columns, str(where))
+
+
 def score_alerts(scorer, alerts: Iterable[RawAlert], *, batch_size: int = 256, use_rb: bool = False,
                  progress: bool = False, stats: ReadStats | None = None) -> ScoreResult:
     """Score a stream of RawAlerts (see `score_paths`); `stats` is the reader's, for the summary."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    check_scorer_columns(scorer)
     t0 = time.perf_counter()
     batches = _SeenBatches(lambda seen: _batches_from_alerts(alerts, batch_size, use_rb, seen))
     scores, rejected, n_in, dups = _consume(scorer, batches, progress, pad_to=batch_size)
@@ -268,6 +280,7 @@ def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, sh
         paths = [paths]
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
+    check_scorer_columns(scorer)
     if workers == 1:
         stats = ReadStats()
         alerts = iter_alerts(paths, num_shards=num_shards, shard_index=shard_index, stats=stats, errors=errors,
@@ -334,4 +347,4 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 __all__ = ["ScoreResult", "SCORE_COLUMNS", "REJECTED_COLUMNS", "score_paths", "score_alerts", "format_summary",
-           "write_table", "read_table", "rejected_frame", "check_table_path"]
+           "write_table", "read_table", "rejected_frame", "check_table_path", "check_scorer_columns"]

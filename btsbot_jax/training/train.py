@@ -1,17 +1,25 @@
 """Training BTSbot from scratch the way the paper did (Rehemtulla et al. 2024, Table 3), reproducible and
-resumable on any devices.
+resumable on any devices and any number of hosts.
+
+Read top to bottom, as in the Flax examples: the loss, the train state, the jitted steps, one epoch of training,
+evaluation, then `train_and_evaluate`, which wires them together with the callbacks (`callbacks.py`), the
+checkpoints (`checkpoints.py`), the data sources (`btsbot_jax.data.sources`) and one `clu` metric writer.
 
 - one `jax.jit` train step over a `TrainState` pytree (donated): weighted binary cross-entropy with the paper's
   class weights, Adam through `optax.inject_hyperparams` so the learning rate is a value in the optimizer state
   that the epoch-level reduce-on-plateau rule sets, and dropout keys `fold_in(key(seed), step)`;
-- data parallelism with a 1-D `jax.sharding.Mesh` over all devices: the global batch is sharded along 'data',
-  parameters and optimizer state are replicated, and XLA inserts the gradient all-reduce; BatchNorm sees the
-  global batch, so 1 device and N devices compute the same function;
-- Keras' ReduceLROnPlateau (factor 0.4, patience 20, min_delta 1e-4, min LR 5e-10) and EarlyStopping (patience 75)
-  on the validation loss, re-implemented with Keras' exact update rules (`Plateau`, `EarlyStopping`);
-- orbax `CheckpointManager` in WORKDIR/checkpoints keeping the latest epoch (resume) and the best-val-loss epoch;
-  the best model is also exported as a model directory WORKDIR/best/ (`load_scorer(WORKDIR)` loads it);
-- per-epoch metrics to TensorBoard (WORKDIR/tensorboard), WORKDIR/metrics.csv and metrics.json.
+- data parallelism with a 1-D `jax.sharding.Mesh` over all devices of all processes: each process loads its slice
+  of the global batch, `jax.make_array_from_process_local_data` makes one global array of the slices, parameters and
+  optimizer state are replicated, and XLA inserts the gradient all-reduce; BatchNorm sees the global batch, so 1
+  device, N devices and N hosts compute the same function;
+- metrics come back replicated (the loss is a global mean, validation logits are gathered to every process), so
+  every process takes the same plateau/early-stopping decisions; process 0 alone writes metrics, TensorBoard
+  events, config.json, summary.json and best/;
+- Keras' ReduceLROnPlateau and EarlyStopping on the validation loss (`callbacks.Plateau`, `callbacks.EarlyStopping`);
+- orbax checkpoints in WORKDIR/checkpoints, saved and restored by all processes together, keeping the latest epoch
+  (resume) and the best-val-loss epoch; the best model is also exported as WORKDIR/best/ (`load_scorer(WORKDIR)`);
+- per-epoch scalars through `clu.metric_writers` (the log and TensorBoard events in WORKDIR/tensorboard), and the
+  history in WORKDIR/metrics.json and metrics.csv (read by `btsbot-evaluate` for the training curves).
 
 Resume is exact: the order of epoch e and its augmentations depend only on (seed, e), dropout only on
 (seed, step), and the checkpoint holds parameters, BatchNorm statistics, Adam moments, the learning rate, the
@@ -21,6 +29,7 @@ weights as an uninterrupted run of the same seed (XLA on CPU is deterministic).
 
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import logging
@@ -36,14 +45,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from btsbot_jax.data import pipeline as input_pipeline
+from btsbot_jax.data.sources import load_sources
 from btsbot_jax.models import create_model
-from btsbot_jax.models.model_dir import make_model_card, save_model
+from btsbot_jax.training import checkpoints
+from btsbot_jax.training.callbacks import EarlyStopping, Plateau
 
 log = logging.getLogger("btsbot_jax.training.train")
 
@@ -51,10 +61,6 @@ log = logging.getLogger("btsbot_jax.training.train")
 # train step (measured 18 s vs 7 s for a small model), and rbg bits, like threefry's, do not depend on the sharding
 # (tests/test_train.py checks 4 devices against 1).
 DROPOUT_PRNG = "rbg"
-
-METRIC_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s",
-                 "epoch_time_s")
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # Loss and class weights
@@ -136,13 +142,17 @@ def create_train_state(model_config: ml_collections.ConfigDict, tx: optax.Gradie
     return ModelDef(graphdef, rng_state), state
 
 
-def _model(mdef: ModelDef, params, batch_stats, rng_state):
+def merge_model(mdef: ModelDef, params, batch_stats, rng_state):
     return nnx.merge(mdef.graphdef, params, batch_stats, rng_state, copy=True)
 
 
 def make_mesh(devices=None) -> Mesh:
-    """1-D data-parallel mesh over all (global) devices."""
-    devices = jax.devices() if devices is None else devices
+    """1-D data-parallel mesh over all (global) devices, grouped by process.
+
+    Grouping matters with several processes: process i's devices then hold rows [i*b, (i+1)*b) of a global batch,
+    which is the slice `pipeline.train_dataset(process_index=i)` loads."""
+    if devices is None:
+        devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices), ("data",))
 
 
@@ -166,12 +176,12 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, m
 
     def train_step(state: TrainState, batch, rng_state):
         key = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=DROPOUT_PRNG), state.step)
-        seeded = _model(mdef, state.params, state.batch_stats, rng_state)
+        seeded = merge_model(mdef, state.params, state.batch_stats, rng_state)
         nnx.reseed(seeded, dropout=key)  # one distinct key per dropout layer, derived from (seed, step)
         step_rngs = nnx.state(seeded, nnx.RngState)
 
         def loss_fn(params):
-            model = _model(mdef, params, state.batch_stats, step_rngs)
+            model = merge_model(mdef, params, state.batch_stats, step_rngs)
             model.train()
             logits = model.logits(batch["triplet"], batch["metadata"])[:, 0]
             loss = weighted_bce(logits, batch["label"], w)
@@ -200,7 +210,7 @@ def make_eval_step(mdef: ModelDef, mesh: Mesh | None = None):
     """Jitted `eval_step(state, batch, rng_state) -> logits (N,)` in eval mode (no dropout, running BN stats)."""
 
     def eval_step(state: TrainState, batch, rng_state):
-        model = _model(mdef, state.params, state.batch_stats, rng_state)
+        model = merge_model(mdef, state.params, state.batch_stats, rng_state)
         model.eval()
         return model.logits(batch["triplet"], batch["metadata"])[:, 0]
 
@@ -217,76 +227,60 @@ def shard_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in batch.items()}
 
 
+def _replicated(x, sharding: NamedSharding) -> jax.Array:
+    """One host value -> a global array with a copy on every device of the mesh (all processes hold the same value).
+
+    `jax.device_put` cannot target devices of other processes, so each process builds its own shards."""
+    if jax.dtypes.issubdtype(getattr(x, "dtype", None), jax.dtypes.prng_key):
+        impl = jax.random.key_impl(x)
+        data = _replicated(jax.random.key_data(x), sharding)
+        return jax.jit(lambda d: jax.random.wrap_key_data(d, impl=impl), out_shardings=sharding)(data)
+    host = np.asarray(jax.device_get(x))
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """Every leaf of `tree` replicated over `mesh` (on one or many processes)."""
+    sharding = NamedSharding(mesh, P())
+    return jax.tree.map(lambda x: _replicated(x, sharding), tree)
 
 
 def set_learning_rate(state: TrainState, lr: float) -> TrainState:
     hp = dict(state.opt_state.hyperparams)
     old = hp["learning_rate"]
-    hp["learning_rate"] = jax.device_put(jnp.asarray(lr, old.dtype), old.sharding)
+    hp["learning_rate"] = _replicated(np.asarray(lr, old.dtype), old.sharding)
     return state.replace(opt_state=state.opt_state._replace(hyperparams=hp))
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Keras callbacks, epoch level
+# One epoch of training; evaluation
 # ----------------------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class Plateau:
-    """tf.keras.callbacks.ReduceLROnPlateau(monitor='val_loss', mode='min', cooldown=0) update rule."""
+def train_epoch(train_step, state: TrainState, rng_state, ds, *, nsteps: int, global_batch: int, mesh: Mesh,
+                bar=None) -> tuple[TrainState, dict[str, float]]:
+    """Run `nsteps` steps over this process's batches `ds`; return the state and the epoch's training metrics
+    (mean of the batch losses, accuracy over the epoch's alerts), the same on every process."""
+    losses, corrects = [], []
+    for i, batch in enumerate(input_pipeline.as_numpy(ds.take(nsteps))):
+        state, m = train_step(state, shard_batch(batch, mesh), rng_state)
+        losses.append(m["loss"])
+        corrects.append(m["correct"])
+        if bar is not None:
+            bar.update(1)
+            if i % 20 == 0:
+                bar.set_postfix(loss=f"{float(m['loss']):.4f}")
+    losses = np.asarray(jax.device_get(losses), np.float64)
+    corrects = np.asarray(jax.device_get(corrects), np.float64)
+    return state, {"loss": float(losses.mean()), "accuracy": float(corrects.sum() / (len(losses) * global_batch))}
 
-    lr: float
-    factor: float = 0.4
-    patience: int = 20
-    min_lr: float = 5e-10
-    min_delta: float = 1e-4
-    best: float = math.inf
-    wait: int = 0
-
-    def update(self, val_loss: float) -> float:
-        """Record one epoch's val_loss; return the learning rate for the next epoch."""
-        if val_loss < self.best - self.min_delta:
-            self.best = float(val_loss)
-            self.wait = 0
-        else:
-            self.wait += 1
-            if self.wait >= self.patience:
-                if np.float32(self.lr) > np.float32(self.min_lr):
-                    self.lr = max(self.lr * self.factor, self.min_lr)
-                    self.wait = 0
-        return self.lr
-
-
-@dataclasses.dataclass
-class EarlyStopping:
-    """tf.keras.callbacks.EarlyStopping(monitor='val_loss', mode='min', baseline=None) update rule."""
-
-    patience: int = 75
-    min_delta: float = 0.0
-    best: float = math.inf
-    best_epoch: int = -1
-    wait: int = 0
-
-    def update(self, epoch: int, val_loss: float) -> bool:
-        """Record one epoch; return True when training must stop after it."""
-        self.wait += 1
-        if val_loss - self.min_delta < self.best:
-            self.best = float(val_loss)
-            self.best_epoch = int(epoch)
-            self.wait = 0
-            return False
-        return self.wait >= self.patience and epoch > 0
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Evaluation
-# ----------------------------------------------------------------------------------------------------------------
 
 
 def predict_logits(eval_step, state, rng_state, source, *, batch_size: int, mesh: Mesh) -> np.ndarray:
-    """Logits of every alert of a split, in file order."""
+    """Logits of every alert of a split, in file order, on every process.
+
+    Each process loads only its slice of each global batch; the padded last batch's extra rows are dropped, so
+    every alert is scored exactly once across processes, and the step's replicated output gathers them all."""
     ds = input_pipeline.eval_dataset(source, global_batch=batch_size, process_index=jax.process_index(),
                                      process_count=jax.process_count(), threads=input_pipeline.default_threads())
     out = []
@@ -297,8 +291,9 @@ def predict_logits(eval_step, state, rng_state, source, *, batch_size: int, mesh
     return np.concatenate(out)[: len(source)] if out else np.zeros((0,), np.float32)
 
 
-def alert_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Unweighted BCE (Keras does not weight the validation loss), accuracy at score > 0.5, ROC AUC."""
+def eval_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Metrics of one split at the end of an epoch: unweighted BCE (Keras does not weight the validation loss),
+    accuracy at score > 0.5, ROC AUC. (The paper's alert- and source-level metrics are `evaluation.metrics`.)"""
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
@@ -309,81 +304,24 @@ def alert_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Data
+# Summaries
 # ----------------------------------------------------------------------------------------------------------------
 
-
-def load_sources(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """Random-access sources of train/val (and test if present) from `config.data_dir`.
-
-    `config.data_source`: 'files' reads the training-set format directly (memory-mapped); 'tfds' goes through the
-    `btsbot_alerts` TFDS builder (built once into `config.tfds_data_dir` from data_dir as its manual_dir)."""
-    if not config.data_dir:
-        raise ValueError("config.data_dir is empty: pass --config.data_dir=DIR (a folder in the training-set format)")
-    version = config.get("data_version") or None
-    n_max = config.get("data_n_max") or None
-    source = config.get("data_source", "files")
-    if source == "files":
-        from btsbot_jax.data.training_set import DatasetError, load_split
-
-        out = {}
-        for split in ("train", "val", "test"):
-            try:
-                out[split] = input_pipeline.ArraySource.from_split(load_split(config.data_dir, split, version, n_max))
-            except DatasetError:
-                if split == "test":
-                    continue
-                raise
-        return out
-    if source == "tfds":
-        from btsbot_jax.data import tfds_builder
-
-        return tfds_builder.load_sources(config.data_dir, data_dir=config.get("tfds_data_dir") or None,
-                                         version=version, n_max=n_max)
-    raise ValueError(f"config.data_source must be 'files' or 'tfds', got {source!r}")
+METRIC_FIELDS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s",
+                 "epoch_time_s")
+SCALARS = ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s")
 
 
-# ----------------------------------------------------------------------------------------------------------------
-# The training loop
-# ----------------------------------------------------------------------------------------------------------------
+def create_writer(workdir: Path):
+    """The run's one metric writer: the log and TensorBoard events (WORKDIR/tensorboard) on process 0, the log only
+    on the others."""
+    from clu import metric_writers
+
+    return metric_writers.create_default_writer(workdir / "tensorboard", just_logging=jax.process_index() != 0)
 
 
-def _checkpoint_manager(path: Path) -> ocp.CheckpointManager:
-    """Keeps every step it is given; `_prune_checkpoints` decides what goes.
-
-    orbax's BestN policy is not used: its metrics are not persisted (orbax 0.12 writes `"metrics": {}`), so a manager
-    reopened after a kill sees the old steps as metric-less and deletes the best one. Retention is instead derived
-    from the training history, which lives in every checkpoint's metadata and so survives a kill."""
-    opts = ocp.CheckpointManagerOptions(enable_async_checkpointing=False, cleanup_tmp_directories=True)
-    return ocp.CheckpointManager(path.absolute(), options=opts)
-
-
-def _best_epoch(history: list[dict]) -> int:
-    """The earliest epoch with the lowest val_loss (what Keras' save_best_only keeps)."""
-    i = min(range(len(history)), key=lambda j: (history[j]["val_loss"], j))
-    return int(history[i]["epoch"])
-
-
-def _prune_checkpoints(mngr: ocp.CheckpointManager, history: list[dict]) -> None:
-    """Keep only the latest epoch (to resume) and the best one (to ship)."""
-    if not history:
-        return
-    keep = {int(history[-1]["epoch"]), _best_epoch(history)}
-    for step in mngr.all_steps():
-        if step not in keep:
-            mngr.delete(step)
-
-
-def _restore(mngr: ocp.CheckpointManager, step: int, state: TrainState):
-    template = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    r = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(template),
-                                                   meta=ocp.args.JsonRestore()))
-    return r.state, r.meta
-
-
-def _write_metrics(workdir: Path, history: list[dict]) -> None:
-    import csv
-
+def write_history(workdir: Path, history: list[dict]) -> None:
+    """The whole metric history as WORKDIR/metrics.json and metrics.csv (atomic replace)."""
     with open(workdir / "metrics.csv.tmp", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=METRIC_FIELDS)
         w.writeheader()
@@ -394,29 +332,30 @@ def _write_metrics(workdir: Path, history: list[dict]) -> None:
     os.replace(workdir / "metrics.json.tmp", workdir / "metrics.json")
 
 
-def _export_best(mdef: ModelDef, state: TrainState, rng_state, config, workdir: Path, info: dict) -> Path:
-    model = _model(mdef, jax.device_get(state.params), jax.device_get(state.batch_stats), rng_state)
-    model.eval()
-    card = make_model_card(
-        config.model, version=config.get("model_version", "dev"),
-        provenance={"trained_by": "btsbot_jax.training.train", "data_dir": str(config.data_dir),
-                    "seed": int(config.seed), **info},
-        training_config=json.loads(config.to_json_best_effort()),
-    )
-    return save_model(model, workdir / "best", card)
-
-
-def _progress(total: int, epoch: int, initial: int, enabled: bool):
+def _progress(total: int, epoch: int, enabled: bool):
+    if not enabled:
+        return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, initial=initial, desc=f"epoch {epoch}", unit="batch", leave=False,
-                disable=not enabled, dynamic_ncols=True)
+    return tqdm(total=total, desc=f"epoch {epoch}", unit="batch", leave=False, dynamic_ncols=True)
+
+
+def _host_model(mdef: ModelDef, state: TrainState):
+    model = merge_model(mdef, jax.device_get(state.params), jax.device_get(state.batch_stats), mdef.rng_state)
+    model.eval()
+    return model
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The training loop
+# ----------------------------------------------------------------------------------------------------------------
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict[str, Any]:
     """Train per `config`, checkpointing into `workdir`; resume automatically from its latest checkpoint.
 
-    Returns a summary: best epoch and val metrics, epochs run, stop reason, training rate, test metrics."""
+    Every process of a multi-process run calls this with the same arguments. Returns a summary: best epoch and val
+    metrics, epochs run, stop reason, training rate, test metrics."""
     workdir = Path(workdir).absolute()
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -443,6 +382,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state = replicate(state, mesh)
     train_step = make_train_step(mdef, tx, weights, mesh)
     eval_step = make_eval_step(mdef, mesh)
+    predict = lambda st, src: predict_logits(eval_step, st, rng_state, src, batch_size=eval_bs, mesh=mesh)
 
     plateau = Plateau(lr=float(config.learning_rate), factor=config.reduce_lr_factor,
                       patience=config.reduce_lr_patience, min_lr=config.reduce_lr_min_lr,
@@ -452,10 +392,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     start_epoch = 0
     stop_reason = "num_epochs"
 
-    mngr = _checkpoint_manager(workdir / "checkpoints")
+    mngr = checkpoints.checkpoint_manager(workdir / "checkpoints")
     latest = mngr.latest_step()
     if latest is not None:
-        state, meta = _restore(mngr, latest, state)
+        state, meta = checkpoints.restore(mngr, latest, state)
         start_epoch = int(meta["epoch"]) + 1
         plateau = Plateau(**meta["plateau"])
         stopper = EarlyStopping(**meta["early_stopping"])
@@ -466,12 +406,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         log.info("resumed from %s at epoch %d", workdir / "checkpoints", start_epoch)
     if is_main:
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-
-    writer = None
-    if is_main:
-        from tensorboardX import SummaryWriter
-
-        writer = SummaryWriter(str(workdir / "tensorboard"))
+    writer = create_writer(workdir)
     show_bar = is_main and bool(config.get("progress_bar", True))
 
     for epoch in range(start_epoch, int(config.num_epochs)):
@@ -481,27 +416,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             augment=bool(config.augment), process_index=jax.process_index(), process_count=jax.process_count(),
             threads=input_pipeline.default_threads())
         t0 = time.perf_counter()
-        losses, corrects = [], []
-        bar = _progress(nsteps, epoch, 0, show_bar)
-        for i, batch in enumerate(input_pipeline.as_numpy(ds.take(nsteps))):
-            state, m = train_step(state, shard_batch(batch, mesh), rng_state)
-            losses.append(m["loss"])
-            corrects.append(m["correct"])
-            if show_bar:
-                bar.update(1)
-                if i % 20 == 0:
-                    bar.set_postfix(loss=f"{float(m['loss']):.4f}")
-        losses = np.asarray(jax.device_get(losses), np.float64)
-        corrects = np.asarray(jax.device_get(corrects), np.float64)
-        bar.close()
+        bar = _progress(nsteps, epoch, show_bar)
+        state, tm = train_epoch(train_step, state, rng_state, ds, nsteps=nsteps, global_batch=config.batch_size,
+                                mesh=mesh, bar=bar)
+        if bar is not None:
+            bar.close()
         train_time = time.perf_counter() - t0
-        val_logits = predict_logits(eval_step, state, rng_state, val_src, batch_size=eval_bs, mesh=mesh)
-        vm = alert_metrics(val_logits, val_src.labels)
+        vm = eval_metrics(predict(state, val_src), val_src.labels)
         row = {
-            "epoch": epoch, "loss": float(losses.mean()),
-            "accuracy": float(corrects.sum() / (nsteps * config.batch_size)),
-            "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auc": vm["auc"], "lr": plateau.lr,
-            "alerts_per_s": nsteps * config.batch_size / train_time, "epoch_time_s": time.perf_counter() - t0,
+            "epoch": epoch, **tm, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auc": vm["auc"],
+            "lr": plateau.lr, "alerts_per_s": nsteps * config.batch_size / train_time,
+            "epoch_time_s": time.perf_counter() - t0,
         }
         history.append(row)
         if not math.isfinite(vm["loss"]):
@@ -514,34 +439,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         meta = {"epoch": epoch, "plateau": dataclasses.asdict(plateau),
                 "early_stopping": dataclasses.asdict(stopper), "history": history, "stopped": stop,
                 "stop_reason": stop_reason, "class_weights": weights.tolist()}
-        mngr.save(epoch, args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
-                  metrics={"val_loss": vm["loss"]})
-        mngr.wait_until_finished()
-        _prune_checkpoints(mngr, history)
+        checkpoints.save(mngr, epoch, state, meta)
+        checkpoints.prune(mngr, history)
+        writer.write_scalars(epoch, {k: row[k] for k in SCALARS})
+        writer.flush()
         if is_main:
-            _write_metrics(workdir, history)
-            for k in ("loss", "accuracy", "val_loss", "val_accuracy", "val_auc", "lr", "alerts_per_s"):
-                writer.add_scalar(k, row[k], epoch)
-            writer.flush()
+            write_history(workdir, history)
             if improved:
-                _export_best(mdef, state, mdef.rng_state, config, workdir,
-                             {"epoch": epoch, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"],
-                              "val_auc": vm["auc"]})
-            print(f"epoch {epoch:4d}  loss {row['loss']:.4f}  acc {row['accuracy']:.4f}  val_loss {vm['loss']:.4f}  "
-                  f"val_acc {vm['accuracy']:.4f}  val_auc {vm['auc']:.4f}  lr {row['lr']:.3g}  "
-                  f"{row['alerts_per_s']:.0f} alerts/s" + ("  *" if improved else ""), flush=True)
+                checkpoints.export_best(_host_model(mdef, state), config, workdir,
+                                        {"epoch": epoch, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"],
+                                         "val_auc": vm["auc"]})
         if stop:
             break
 
-    if writer is not None:
-        writer.close()
+    writer.close()
     if not history:
         raise RuntimeError("no epoch was trained (num_epochs is 0?)")
 
     # The shipped model: the best-val-loss checkpoint, re-exported from orbax (atomic) so that a kill during an
     # earlier export can never leave a broken best/.
-    best_epoch = _best_epoch(history)
-    best_state, _ = _restore(mngr, best_epoch, state)
+    best_epoch = checkpoints.best_epoch(history)
+    best_state, _ = checkpoints.restore(mngr, best_epoch, state)
     best_row = next(r for r in history if r["epoch"] == best_epoch)
     summary = {
         "workdir": str(workdir), "best_epoch": best_epoch, "best_val_loss": best_row["val_loss"],
@@ -552,8 +470,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "alerts_per_s_median": float(np.median([r["alerts_per_s"] for r in history])),
     }
     if "test" in sources and config.get("evaluate_test", True):
-        tl = predict_logits(eval_step, best_state, rng_state, sources["test"], batch_size=eval_bs, mesh=mesh)
-        tm = alert_metrics(tl, sources["test"].labels)
+        tm = eval_metrics(predict(best_state, sources["test"]), sources["test"].labels)
         summary.update({"test_loss": tm["loss"], "test_accuracy": tm["accuracy"], "test_auc": tm["auc"],
                         "test_alerts": len(sources["test"])})
     if is_main:
@@ -561,7 +478,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 "val_auc": best_row["val_auc"]}
         if "test_auc" in summary:
             info.update(test_auc=summary["test_auc"], test_accuracy=summary["test_accuracy"])
-        _export_best(mdef, best_state, mdef.rng_state, config, workdir, info)
+        checkpoints.export_best(_host_model(mdef, best_state), config, workdir, info)
         (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     mngr.close()
     return summary

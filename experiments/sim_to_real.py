@@ -1,0 +1,63 @@
+"""The sim-to-real gap of a model trained on the simulated survey, measured on real alerts.
+
+    python experiments/sim_to_real.py --checkpoint=demo_out/train --reference=models/v1.0.1 \
+        --packets=../shared/data/ztf_alerts,../shared/data/ztf_alerts_fink --out=demo_out/sim_to_real.json
+
+Real packets carry no BTS labels, so the model is compared with the published v1.0.1 model's decisions on them
+(ROC AUC against v1.0.1's score > 0.5, identical decisions, rank correlation); the 39 labelled real alerts
+(`--labelled=DIR` with usage_candidates.csv + usage_triplets.npy) add a view against true labels. With
+`--simulated=DIR` (a `btsbot-simulate` output), the reference model's AUC on the simulated test split is reported
+too: how separable the simulated classes are to a model trained on real alerts.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def run(checkpoint, reference, packets, labelled=None, simulated=None, split="test") -> dict:
+    import pandas as pd
+
+    import btsbot_jax
+    from btsbot_jax.data.training_set import load_split, metadata_matrix
+    from btsbot_jax.evaluation.agreement import labelled_metrics, sim_to_real
+
+    model, ref = btsbot_jax.load_scorer(checkpoint), btsbot_jax.load_scorer(reference)
+    lab = None
+    if labelled:
+        table = pd.read_csv(Path(labelled) / "usage_candidates.csv")
+        triplets = np.load(Path(labelled) / "usage_triplets.npy").astype(np.float32)
+        lab = (triplets, metadata_matrix(table), table["label"].to_numpy())
+    out = {"checkpoint": str(checkpoint), "reference": str(reference), "packets_paths": [str(p) for p in packets],
+           **sim_to_real(model, ref, packets, labelled=lab)}
+    if simulated:
+        s = load_split(simulated, split)
+        out["reference_on_simulated"] = {"split": split, **labelled_metrics(ref(s.triplets, s.metadata), s.labels)}
+        out["model_on_simulated"] = {"split": split, **labelled_metrics(model(s.triplets, s.metadata), s.labels)}
+    return out
+
+
+def main(argv):
+    del argv
+    res = run(FLAGS.checkpoint, FLAGS.reference, FLAGS.packets, FLAGS.labelled, FLAGS.simulated)
+    text = json.dumps(res, indent=2)
+    if FLAGS.out:
+        Path(FLAGS.out).write_text(text + "\n")
+    print(text)
+
+
+if __name__ == "__main__":
+    from absl import app, flags
+
+    FLAGS = flags.FLAGS
+    flags.DEFINE_string("checkpoint", None, "The model to measure (model dir, training workdir or export).")
+    flags.DEFINE_string("reference", None, "The reference model (the published v1.0.1, imported).")
+    flags.DEFINE_list("packets", None, "Real alert packets: avro files, folders, tarballs, parquet.")
+    flags.DEFINE_string("labelled", None, "Folder with usage_candidates.csv + usage_triplets.npy (labelled alerts).")
+    flags.DEFINE_string("simulated", None, "A btsbot-simulate output folder (adds the reference's AUC on it).")
+    flags.DEFINE_string("out", None, "Write the JSON here too.")
+    flags.mark_flags_as_required(["checkpoint", "reference", "packets"])
+    app.run(main)
