@@ -188,7 +188,7 @@ def exponential_schema(levels: int = 30) -> bytes:
     return container(t(levels), b"\x02" * 64)
 
 
-def deflate_block_bomb(inflated: int = 1 << 30) -> bytes:
+def deflate_block_bomb(inflated: int = 64 << 20) -> bytes:
     """A deflate-coded container whose one block inflates to `inflated` zero bytes."""
     c = zlib.compressobj(9, zlib.DEFLATED, -15)
     zeros = bytes(1 << 20)
@@ -227,7 +227,7 @@ HOSTILE: dict[str, Callable[[], bytes]] = {
     "deep_schema_5000": functools.partial(deep_schema, 5000),
     "recursive_schema_100k_deep": recursive_schema,
     "exponential_schema_2^30": exponential_schema,
-    "deflate_block_bomb_1GiB": deflate_block_bomb,
+    "deflate_block_bomb_64MiB": deflate_block_bomb,
     "block_size_2^60": huge_block_size,
     "lsst_confluent_framed": lsst_framed,
     "not_avro": not_avro,
