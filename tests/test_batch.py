@@ -13,6 +13,7 @@ from alert_corpus import build_corpus, real_packet, synthetic_packet, synthetic_
 from conftest import REPO, ZTF_ALERTS, ZTF_ALERTS_FINK, require
 from reference_inputs import reference_metadata, reference_triplet
 
+import btsbot_jax
 from btsbot_jax.inference.scorer import load_scorer
 from btsbot_jax.ingest.readers import iter_alerts
 from btsbot_jax.models import create_model, default_model_config
@@ -174,6 +175,7 @@ def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     scores = pd.read_csv(out)
     rejected = pd.read_parquet(tmp_path / "out" / "rejected.parquet")
     assert sorted(scores["candid"]) == sorted(expected["good"]) and (scores["model_version"] == "test-0").all()
+    assert (scores["btsbot_jax_version"] == btsbot_jax.__version__).all()  # which code made the table
     assert len(rejected) == len(expected["cases"])
     m = re.search(r"read (\d+) records .*: scored (\d+), rejected (\d+) \((.*)\), duplicates (\d+); ([\d.]+) alerts/s",
                   p.stdout)
@@ -181,7 +183,7 @@ def test_cli_scores_folder_and_reports_unreadable_path(tmp_path, tiny_model):
     read, scored, rej, _, dup, _ = m.groups()
     assert (int(read), int(scored), int(rej), int(dup)) == (expected["records"], len(expected["good"]),
                                                             len(expected["cases"]), 1)
-    assert "btsbot-score" in p.stderr  # the progress bar
+    assert "btsbot-score" in p.stderr  # the progress bar (the CLI turns it on)
 
 
 @pytest.mark.slow
@@ -213,3 +215,33 @@ def test_decode_workers_give_the_same_results(tmp_path, tiny_scorer):
               for k in range(2)]
     assert sum(h.summary["records_read"] for h in halves) == expected["records"]
     assert all(h.summary["other_shards"] == expected["records"] - h.summary["records_read"] for h in halves)
+
+
+@pytest.mark.slow
+def test_workers_from_a_plain_script_without_main_guard(tmp_path, tiny_model):
+    """The README's `score_paths(..., workers=N)` pasted into a script with no `if __name__ == "__main__":` guard:
+    the decode processes must not re-run the script (issue 20 item 3), and a library call draws no progress bar."""
+    root, expected = _corpus(tmp_path, "synthetic")
+    script = tmp_path / "plain.py"
+    script.write_text(
+        "from btsbot_jax.inference.scorer import load_scorer\n"
+        "from btsbot_jax.serve.batch import score_paths\n"
+        "print('body')\n"
+        f"res = score_paths(load_scorer({str(tiny_model)!r}), {str(root)!r}, batch_size=8, workers=2)\n"
+        "print('read', res.summary['records_read'], 'scored', res.summary['scored'])\n")
+    p = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, cwd=tmp_path, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "2"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert p.stdout.count("body") == 1
+    assert f"read {expected['records']} scored {len(expected['good'])}" in p.stdout
+    assert "btsbot-score" not in p.stderr and "alerts/s" not in p.stderr  # no progress bar
+
+
+def test_table_paths_expand_home_and_variables(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("RUN", "r1")
+    monkeypatch.chdir(tmp_path)
+    df = pd.DataFrame({"candid": [1, 2], "score": [0.25, 0.75]})
+    p = write_table(df, "~/out/$RUN/s.csv")
+    assert p == tmp_path / "home" / "out" / "r1" / "s.csv" and p.is_file() and not (tmp_path / "~").exists()
+    pd.testing.assert_frame_equal(read_table("~/out/$RUN/s.csv"), df)

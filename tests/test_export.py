@@ -368,7 +368,7 @@ def test_cli_exports_a_training_workdir(small_model_dir, tmp_path):
     assert bad.returncode != 0 and "tflite" in bad.stderr and "stablehlo" in bad.stderr
     missing = subprocess.run([*cmd[:3], f"--checkpoint={tmp_path / 'nope'}", "--format=onnx",
                               f"--out={tmp_path / 'y'}"], capture_output=True, text=True, timeout=300)
-    assert missing.returncode == 1 and "does not exist" in missing.stderr
+    assert missing.returncode == 2 and "does not exist" in missing.stderr  # README: 2 = unusable checkpoint
 
 
 @pytest.mark.slow

@@ -128,3 +128,16 @@ def test_memory_mapped_split_is_gathered_in_any_order(tmp_path, source):
     np.testing.assert_array_equal(t, source.triplets[idx])
     np.testing.assert_array_equal(m, source.metadata[idx])
     np.testing.assert_array_equal(y, source.labels[idx])
+
+
+def test_an_empty_split_is_refused_with_its_name(tmp_path):
+    """Training on an empty validation split ended in 'validation loss is nan; training diverged' (issue 20 item 5)."""
+    import synthetic_training
+
+    from btsbot_jax.data.training_set import DatasetError, load_split
+
+    synthetic_training.write_split(tmp_path, "val", 0, seed=1)
+    split = load_split(tmp_path, "val")  # reading an empty split is fine; training on it is not
+    assert len(split) == 0
+    with pytest.raises(DatasetError, match="the validation split is empty"):
+        ip.ArraySource.from_split(split)

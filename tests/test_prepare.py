@@ -176,11 +176,11 @@ def test_cli(tmp_path):
     np.save(tmp_path / "trip.npy", _triplets_for(table))
     r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.prepare", f"--candidates={tmp_path / 'alerts.csv'}",
                         f"--triplets={tmp_path / 'trip.npy'}", f"--out={tmp_path / 'out'}", "--n_max=2",
-                        "--version=v3"], capture_output=True, text=True, timeout=120)
+                        "--data_version=v3"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert "alerts in: 48" in r.stdout
     assert sum(len(load_split(tmp_path / "out", s)) for s in ("train", "val", "test")) > 0
     bad = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.prepare", f"--candidates={tmp_path / 'alerts.csv'}",
                           f"--triplets={tmp_path / 'missing.npy'}", f"--out={tmp_path / 'out2'}"],
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "missing.npy" in bad.stderr
+    assert bad.returncode == 2 and "missing.npy: no such file" in bad.stderr

@@ -246,6 +246,20 @@ def test_unreadable_paths(tmp_path, folder):
     (tmp_path / "nottar.tar").write_bytes(b"\x00garbage" * 10)
     with pytest.raises(AlertReadError, match="tarball"):
         list(iter_alerts(tmp_path / "nottar.tar"))
+    # one rule for a named file that cannot be opened as its kind: an unreadable path, whatever the kind
+    (tmp_path / "junk.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(AlertReadError, match="not a readable parquet file"):
+        list(iter_alerts(tmp_path / "junk.parquet"))
+    (tmp_path / "junk.avro").write_bytes(b"hello world")
+    with pytest.raises(AlertReadError, match="not a readable avro file: not an avro container"):
+        list(iter_alerts(tmp_path / "junk.avro"))
+    (tmp_path / "empty.avro").write_bytes(b"")
+    with pytest.raises(AlertReadError, match="empty file"):
+        list(iter_alerts(tmp_path / "empty.avro"))
+    stats = ReadStats()
+    assert list(iter_alerts([tmp_path / "junk.parquet", tmp_path / "nottar.tar"], stats=stats,
+                            errors="collect")) == []
+    assert [p for p, _ in stats.unreadable_paths] == [str(tmp_path / "junk.parquet"), str(tmp_path / "nottar.tar")]
     stats = ReadStats()
     got = list(iter_alerts([tmp_path / "missing", folder / "c.avro"], stats=stats, errors="collect"))
     assert len(got) == 2 and stats.unreadable_paths[0][0] == str(tmp_path / "missing")

@@ -31,6 +31,7 @@ import pytest
 from conftest import REPO, ZTF_ALERTS, ZTF_ALERTS_FINK
 from kafka_broker import BrokerUnavailable, start_broker
 
+import btsbot_jax
 from btsbot_jax.serve.stream import (
     LatencyHistogram,
     StreamConfig,
@@ -335,8 +336,9 @@ def test_stream_scores_every_packet_like_btsbot_score(broker, scorer, alert_file
     for m in results:
         r = json.loads(m.value())
         assert m.key().decode() == str(r["candid"])
-        assert set(r) == {"candid", "objectId", "jd", "magpsf", "score", "model_version", "topic", "partition",
-                          "offset"}
+        assert set(r) == {"candid", "objectId", "jd", "magpsf", "score", "model_version", "btsbot_jax_version", "topic",
+                          "partition", "offset"}
+        assert r["btsbot_jax_version"] == btsbot_jax.__version__
         assert r["topic"] == "a_in" and r["model_version"] == "stream-test"
         got[(r["partition"], r["offset"])] = r
     dl = {(int(headers(m)["btsbot.partition"]), int(headers(m)["btsbot.offset"])): m for m in dead}

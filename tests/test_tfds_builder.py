@@ -89,3 +89,22 @@ def test_missing_manual_dir_files(tmp_path):
     (tmp_path / "other" / "notes.txt").write_text("not a training set")
     with pytest.raises(Exception, match="no train_cand"):
         tfds_builder.prepare(tmp_path / "other", tmp_path / "d")
+
+
+def test_production_version_and_n_max_and_home_in_data_dir(tmp_path, monkeypatch):
+    """v10/N100 is a registered config: asking for it must reuse it, not clash with it (issue 20 item 2); `~` in
+    data_dir is the user's home, not a folder named `~` in the working directory (item 1)."""
+    manual = tmp_path / "files"
+    for i, (split, n) in enumerate((("train", 12), ("val", 6))):
+        synthetic_training.write_split(manual, split, n, seed=i + 1, version="v10", n_max=100)
+    synthetic_training.write_split(manual, "train", 5, seed=9, version="v11", n_max=10)  # another set beside it
+    synthetic_training.write_split(manual, "val", 5, seed=8, version="v11", n_max=10)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.chdir(tmp_path)
+    b = tfds_builder.prepare(manual, "~/tensorflow_datasets", version="v10", n_max=100)
+    assert b.builder_config.name == "v10_N100"
+    assert b.info.splits["train"].num_examples == 12 and b.info.splits["val"].num_examples == 6
+    assert not (tmp_path / "~").exists()
+    assert Path(b.data_dir).is_relative_to(tmp_path / "home" / "tensorflow_datasets")
+    other = tfds_builder.prepare(manual, "$HOME/tensorflow_datasets", version="v11", n_max=10)
+    assert other.info.splits["train"].num_examples == 5

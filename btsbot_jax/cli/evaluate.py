@@ -10,11 +10,10 @@ score (+ save_jd, trigger_jd), e.g. another model's or a scanner's output.
 """
 
 import os
-import sys
 
-from absl import app, flags
+from absl import flags
 
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, expand_path, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model dir, training workdir (uses best/) or export dir to score --data.")
@@ -40,17 +39,21 @@ flags.DEFINE_bool("progress", True, "Show a progress bar while scoring.")
 
 def _main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
     if (FLAGS.checkpoint is None) == (FLAGS.scores is None):
-        raise app.UsageError("give exactly one of --checkpoint (with --data) or --scores")
+        raise UsageError("give exactly one of --checkpoint (with --data) or --scores")
     if FLAGS.checkpoint is not None and not FLAGS.data:
-        raise app.UsageError("--checkpoint needs --data (a training-set directory or cand CSV files)")
+        raise UsageError("--checkpoint needs --data (a training-set directory or cand CSV files)")
     if FLAGS.scores is not None and FLAGS.data:
-        raise app.UsageError("--data is only used with --checkpoint")
+        raise UsageError("--data is only used with --checkpoint")
+    if not 0.0 < FLAGS.threshold < 1.0:
+        raise UsageError(f"--threshold={FLAGS.threshold} must be between 0 and 1 (exclusive): scores are "
+                         "probabilities and an alert counts as bright when score > threshold")
+    if FLAGS.min_alerts < 1:
+        raise UsageError(f"--min_alerts={FLAGS.min_alerts} must be >= 1")
 
-    from btsbot_jax.evaluation.policies import PolicyError, load_policy_module
+    from btsbot_jax.evaluation.policies import load_policy_module
     from btsbot_jax.evaluation.report import (
-        EvaluationError,
         evaluate_dataset,
         evaluate_scores,
         read_scores_table,
@@ -59,19 +62,16 @@ def _main(argv):
     )
 
     kwargs = dict(policies=FLAGS.policies, threshold=FLAGS.threshold, min_alerts=FLAGS.min_alerts)
-    try:
-        for mod in FLAGS.policy_module:
-            load_policy_module(mod)
-        if FLAGS.scores is not None:
-            ev = evaluate_scores(read_scores_table(FLAGS.scores),
-                                 input_info={"mode": "scores", "scores": os.path.abspath(FLAGS.scores)}, **kwargs)
-        else:
-            ev = evaluate_dataset(FLAGS.checkpoint, FLAGS.data, FLAGS.split, version=FLAGS.data_version,
-                                  n_max=FLAGS.n_max, batch_size=FLAGS.batch_size, progress=FLAGS.progress, **kwargs)
-        files = write_report(ev, FLAGS.out, training_metrics=FLAGS.training_metrics, figures=FLAGS.figures)
-    except (EvaluationError, PolicyError, ValueError, FileNotFoundError) as e:
-        print(f"btsbot-evaluate: error: {e}", file=sys.stderr)
-        return 2
+    for mod in FLAGS.policy_module:
+        load_policy_module(mod)
+    if FLAGS.scores is not None:
+        ev = evaluate_scores(read_scores_table(FLAGS.scores),
+                             input_info={"mode": "scores", "scores": os.path.abspath(FLAGS.scores)}, **kwargs)
+    else:
+        data = ",".join(expand_path(p) for p in FLAGS.data.split(","))
+        ev = evaluate_dataset(FLAGS.checkpoint, data, FLAGS.split, version=FLAGS.data_version,
+                              n_max=FLAGS.n_max, batch_size=FLAGS.batch_size, progress=FLAGS.progress, **kwargs)
+    files = write_report(ev, FLAGS.out, training_metrics=FLAGS.training_metrics, figures=FLAGS.figures)
     for line in summary_lines(ev.report):
         print(line)
     print(f"report: {files['report']}")
@@ -84,7 +84,7 @@ def _main(argv):
 
 
 def main():
-    run(_main, required=["out"])
+    run(_main, required=["out"], paths=["checkpoint", "scores", "out", "training_metrics", "policy_module"])
 
 
 if __name__ == "__main__":

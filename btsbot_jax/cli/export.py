@@ -1,14 +1,14 @@
 """`btsbot-export --checkpoint=CKPT --format=stablehlo|onnx|savedmodel|all --out=DIR`.
 
-CKPT is a model directory or a training workdir (its best/ checkpoint). Every export is checked against the Flax
-model before it is written; the measured max difference is printed and recorded in DIR/model_card.json.
+CKPT is a model directory or a training workdir (its best/ checkpoint). For a BTSbot v2 model the ONNX has upstream's
+signature (`image` (N,3,63,63), `metadata` -> `logits`, what BOOM loads) and `all` writes stablehlo + onnx.
+Every export is checked against the Flax model before it is written; the measured max difference is printed and
+recorded in DIR/model_card.json.
 """
 
-import sys
+from absl import flags
 
-from absl import app, flags
-
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", None, "Model directory (model_card.json + state/) or training workdir.")
@@ -20,14 +20,11 @@ flags.DEFINE_list("platforms", ["cpu", "cuda"], "StableHLO lowering platforms (c
 
 def _main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    from btsbot_jax.inference.export import ExportError, export_model
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
+    from btsbot_jax.inference.export import export_model
 
-    try:
-        card = export_model(FLAGS.checkpoint, FLAGS.out, FLAGS.format, overwrite=FLAGS.overwrite,
-                            platforms=FLAGS.platforms)
-    except ExportError as e:
-        sys.exit(f"btsbot-export: error: {e}")
+    card = export_model(FLAGS.checkpoint, FLAGS.out, FLAGS.format, overwrite=FLAGS.overwrite,
+                        platforms=FLAGS.platforms)
     ver = card["verification"]
     checks = ver.items() if FLAGS.format == "all" else [(FLAGS.format, ver)]
     print(f"exported {card['architecture']} {card['version']} from {FLAGS.checkpoint} -> {FLAGS.out}")
@@ -37,7 +34,7 @@ def _main(argv):
 
 
 def main():
-    run(_main, required=["checkpoint", "out"])
+    run(_main, required=["checkpoint", "out"], paths=["checkpoint", "out"])
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from absl import flags
 
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("checkpoint", "v1.0.1", "Model directory, training workdir, export directory, or the name of a "
@@ -39,37 +39,29 @@ def default_rejected_path(output: str) -> Path:
 
 
 def _main(argv):
-    del argv
-    from btsbot_jax.inference.deployment import ColumnOrderError
-    from btsbot_jax.inference.scorer import load_scorer
-    from btsbot_jax.models.model_dir import CheckpointError
-    from btsbot_jax.serve.batch import check_scorer_columns, check_table_path, format_summary, score_paths, write_table
-
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments {argv[1:]} (give inputs as --input=PATH[,PATH...])")
     if FLAGS.shard_index >= FLAGS.num_shards:
-        print(f"btsbot-score: --shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"--shard_index={FLAGS.shard_index} must be < --num_shards={FLAGS.num_shards}")
     inputs = [p for p in (FLAGS.input or []) if p.strip()]
     if not inputs:
-        print("btsbot-score: --input is empty", file=sys.stderr)
-        return 2
+        raise UsageError("--input is empty")
     rejected_path = FLAGS.rejected or str(default_rejected_path(FLAGS.output))
-    try:
-        check_table_path(FLAGS.output)
-        check_table_path(rejected_path)
-    except ValueError as e:
-        print(f"btsbot-score: {e}", file=sys.stderr)
-        return 2
+    from btsbot_jax.serve.batch import check_scorer_columns, check_table_path, format_summary, score_paths, write_table
+
+    check_table_path(FLAGS.output)
+    check_table_path(rejected_path)
+    from btsbot_jax.inference.deployment import ColumnOrderError
+    from btsbot_jax.inference.scorer import CheckpointError, load_scorer  # imports JAX: after the cheap checks
+
     try:
         scorer = load_scorer(FLAGS.checkpoint)
     except (CheckpointError, OSError, ValueError) as e:
-        print(f"btsbot-score: cannot load checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"cannot load --checkpoint={FLAGS.checkpoint}: {e}") from e
     try:  # the column order the model states (inside the artifact for exports) must be the one ingestion builds
         check_scorer_columns(scorer)
     except ColumnOrderError as e:
-        print(f"btsbot-score: refusing checkpoint {FLAGS.checkpoint}: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(f"refusing --checkpoint={FLAGS.checkpoint}: {e}") from e
 
     result = score_paths(scorer, inputs, batch_size=FLAGS.batch_size, num_shards=FLAGS.num_shards,
                          shard_index=FLAGS.shard_index, progress=FLAGS.progress, use_rb=FLAGS.use_rb,
@@ -82,6 +74,8 @@ def _main(argv):
         Path(FLAGS.summary_json).write_text(json.dumps(s, indent=2, default=str) + "\n")
     for line in s.get("unreadable_paths", []):
         print(f"btsbot-score: cannot read input {line}", file=sys.stderr)
+    if s["records_read"] == 0 and not s.get("unreadable_paths"):
+        print(f"btsbot-score: warning: nothing to score: no alert files under {', '.join(inputs)}", file=sys.stderr)
     print(f"wrote {len(result.scores)} scores to {FLAGS.output} and {len(result.rejected)} rejected to "
           f"{rejected_path}")
     print(format_summary(s))
@@ -89,7 +83,8 @@ def _main(argv):
 
 
 def main():
-    run(lambda argv: sys.exit(_main(argv)), required=["input", "output"])
+    run(_main, required=["input", "output"],
+        paths=["checkpoint", "input", "output", "rejected", "summary_json"])
 
 
 if __name__ == "__main__":

@@ -16,22 +16,23 @@ With `--skip_generation` these read an existing DIR instead of simulating again.
 """
 
 import json
+import sys
 import time
 from pathlib import Path
 
 from absl import flags
 
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("num_sources", 1000, "Number of sources (about 45 alerts each on average).")
 flags.DEFINE_integer("seed", 0, "Seed: the same seed gives byte-identical files.")
 flags.DEFINE_string("out", None, "Output directory.")
-flags.DEFINE_string("version", "v10", "Version tag of the training-set file names.")
+flags.DEFINE_string("data_version", "v10", "Version tag of the training-set file names.")
 flags.DEFINE_integer("n_max", 100, "N_max of the training set (alerts kept per source, Rehemtulla et al. 2024).")
 flags.DEFINE_integer("split_seed", None, "Seed of the split by source and of the N_max subsets (default: --seed).")
-flags.DEFINE_string("fractions", None, "Mix of source sets, e.g. 'trues=0.27,vars=0.06,dims=0.45,rejects=0.22' "
-                    "(default: Table 1 of the paper).")
+flags.DEFINE_string("fractions", None, "Mix of source sets: all four, summing to 1, e.g. "
+                    "'trues=0.27,vars=0.06,dims=0.45,rejects=0.22' (default: Table 1 of the paper).")
 flags.DEFINE_integer("workers", 0, "Processes (0: all CPUs). The output does not depend on it.")
 flags.DEFINE_integer("chunk_sources", 40, "Sources per work item / per avro file.")
 flags.DEFINE_integer("gzip_level", 1, "Compression level of the FITS cutouts.")
@@ -45,21 +46,33 @@ flags.DEFINE_bool("progress", True, "Show progress.")
 
 
 def _fractions(text):
+    """'trues=0.3,vars=0.1,dims=0.4,rejects=0.2' -> dict. All four sets, each in [0, 1], summing to 1 (within
+    0.01): a partial mix like 'trues=0.5' would otherwise be renormalised into a survey of trues only."""
     from btsbot_jax.sim.population import SETS
 
+    expected = "expected all of " + ",".join(f"{k}=F" for k in SETS) + " with fractions summing to 1"
     out = {}
     for part in text.split(","):
-        k, _, v = part.partition("=")
+        k, eq, v = part.partition("=")
         k = k.strip()
-        if k not in SETS:
-            raise SystemExit(f"btsbot-simulate: unknown source set {k!r} in --fractions (one of {SETS})")
+        if not eq or k not in SETS:
+            raise UsageError(f"--fractions: unknown item {part!r}; {expected}")
+        if k in out:
+            raise UsageError(f"--fractions: {k} given twice")
         try:
             out[k] = float(v)
         except ValueError:
-            raise SystemExit(f"btsbot-simulate: bad fraction {v!r} for {k}") from None
-    if any(v < 0 for v in out.values()) or sum(out.values()) <= 0:
-        raise SystemExit("btsbot-simulate: --fractions must be >= 0 and not all zero")
-    return {k: out.get(k, 0.0) for k in SETS}
+            raise UsageError(f"--fractions: bad fraction {v!r} for {k}; {expected}") from None
+    missing = [k for k in SETS if k not in out]
+    if missing:
+        raise UsageError(f"--fractions={text} leaves out {', '.join(missing)}; {expected} (e.g. "
+                         "trues=0.5,vars=0.1,dims=0.2,rejects=0.2)")
+    if any(not 0.0 <= v <= 1.0 for v in out.values()):
+        raise UsageError(f"--fractions: each fraction must be in [0, 1]; got {text}")
+    total = sum(out.values())
+    if abs(total - 1.0) > 0.01:
+        raise UsageError(f"--fractions sum to {total:g}; {expected}")
+    return {k: out[k] for k in SETS}
 
 
 def _real_dir():
@@ -74,14 +87,15 @@ def _main(argv):
 
     out = Path(FLAGS.out)
     if not FLAGS.skip_generation:
-        cfg = SimConfig(num_sources=FLAGS.num_sources, seed=FLAGS.seed, version=FLAGS.version, n_max=FLAGS.n_max,
+        cfg = SimConfig(num_sources=FLAGS.num_sources, seed=FLAGS.seed, version=FLAGS.data_version,
+                        n_max=FLAGS.n_max,
                         workers=FLAGS.workers, chunk_sources=FLAGS.chunk_sources, gzip_level=FLAGS.gzip_level,
                         training_set=FLAGS.training_set, keep_packets=FLAGS.keep_packets,
                         split_seed=FLAGS.split_seed)
         if FLAGS.fractions:
             cfg.fractions = _fractions(FLAGS.fractions)
         if cfg.num_sources < 1:
-            raise SystemExit("btsbot-simulate: --num_sources must be >= 1")
+            raise UsageError("--num_sources must be >= 1")
         t0 = time.perf_counter()
         res = simulate(out, cfg, progress=FLAGS.progress)
         dt = time.perf_counter() - t0
@@ -94,14 +108,21 @@ def _main(argv):
                   "simulation_summary.json)")
         if s["training_set"]:
             print(f"training set: {json.dumps(s['training_set']['alerts'])}")
+            for split in ("train", "val", "test"):
+                if not sum(s["training_set"]["alerts"].get(split, {}).values()):
+                    print(f"btsbot-simulate: warning: the {split} split is empty: {cfg.num_sources} sources are too "
+                          "few for the 81/9/10 split by source (btsbot-train needs train and val); use a larger "
+                          "--num_sources", file=sys.stderr)
+        elif FLAGS.training_set:
+            print("btsbot-simulate: warning: no training set written (no alerts survived)", file=sys.stderr)
     elif not (out / "alerts.parquet").exists():
-        raise SystemExit(f"btsbot-simulate: --skip_generation but {out} holds no simulation (alerts.parquet)")
+        raise UsageError(f"--skip_generation but {out} holds no simulation (alerts.parquet)")
     if FLAGS.plot_compare or FLAGS.compare_table:
         from btsbot_jax.sim import compare
 
         real = _real_dir()
         if not real.exists():
-            raise SystemExit(f"btsbot-simulate: real data {real} not found (pass --real_data)")
+            raise UsageError(f"real data {real} not found (pass --real_data)")
         if FLAGS.plot_compare:
             png = compare.plot_compare(out, real, FLAGS.plot_compare, seed=FLAGS.seed)
             print(f"picture: {png}")
@@ -111,7 +132,7 @@ def _main(argv):
 
 
 def main():
-    run(_main, required=["out"])
+    run(_main, required=["out"], paths=["out", "plot_compare", "compare_table", "real_data"])
 
 
 if __name__ == "__main__":

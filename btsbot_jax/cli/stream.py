@@ -12,11 +12,11 @@ Exit status: 0 stopped cleanly, 1 delivery/commit failure (nothing committed pas
 import json
 import logging
 import signal
-import sys
 
 from absl import flags
 
-from btsbot_jax.cli import run
+from btsbot_jax import __version__
+from btsbot_jax.cli import UsageError, run
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("bootstrap_servers", None, "Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].")
@@ -59,7 +59,8 @@ def _settings(path: str | None, pairs: list[str]) -> dict:
 
 
 def _main(argv):
-    del argv
+    if len(argv) > 1:
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
     from btsbot_jax.serve.stream import StreamConfig, StreamError, StreamScorer, warmup
 
     log = logging.getLogger("btsbot_jax.serve.stream")
@@ -75,11 +76,9 @@ def _main(argv):
             producer_config=_settings(FLAGS.producer_config_file, FLAGS.producer_config))
         cfg.validate()
     except ValueError as e:
-        print(f"btsbot-stream: error: {e}", file=sys.stderr)
-        return 2
+        raise UsageError(str(e)) from e
 
-    from btsbot_jax.inference.scorer import load_scorer
-    from btsbot_jax.models.model_dir import CheckpointError
+    from btsbot_jax.inference.scorer import CheckpointError, load_scorer
 
     log.setLevel(logging.INFO)  # our progress lines stay on while `cli.run` keeps the libraries' INFO chatter off
     from btsbot_jax.serve.batch import check_scorer_columns
@@ -87,9 +86,8 @@ def _main(argv):
     try:
         scorer = load_scorer(FLAGS.checkpoint)
         check_scorer_columns(scorer)  # the model's column order (from the artifact) must be the ingestion's
-    except (CheckpointError, FileNotFoundError, ValueError) as e:
-        print(f"btsbot-stream: error: cannot load --checkpoint={FLAGS.checkpoint}: {e}", file=sys.stderr)
-        return 2
+    except (CheckpointError, OSError, ValueError) as e:
+        raise UsageError(f"cannot load --checkpoint={FLAGS.checkpoint}: {e}") from e
     warmup(scorer, cfg.max_batch)  # compile before joining the group, so the first batch is not slow
     stream = StreamScorer(scorer, cfg, logger=log)
 
@@ -107,14 +105,16 @@ def _main(argv):
         summary = stream.run()
     except StreamError as e:
         log.error("%s", e)
-        print(json.dumps({"error": str(e), **stream.stats.summary()}, sort_keys=True), flush=True)
+        print(json.dumps({"error": str(e), "btsbot_jax_version": __version__, **stream.stats.summary()},
+                         sort_keys=True), flush=True)
         return 1
-    print(json.dumps({"model_version": stream.model_version, **summary}, sort_keys=True), flush=True)
+    print(json.dumps({"model_version": stream.model_version, "btsbot_jax_version": __version__, **summary},
+                     sort_keys=True), flush=True)
     return 0
 
 
 def main():
-    run(_main, required=["bootstrap_servers", "topics", "group_id"])
+    run(_main, required=["bootstrap_servers", "topics", "group_id"], paths=["checkpoint", "output"])
 
 
 if __name__ == "__main__":

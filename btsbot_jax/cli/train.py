@@ -14,10 +14,12 @@ every batch; process 0 alone writes metrics.json/csv, TensorBoard events, summar
 import json
 import os
 
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from btsbot_jax.cli import run
+from btsbot_jax.cli import UsageError, expand_path, run
+
+PATH_FIELDS = ("data_dir", "tfds_data_dir")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None,
@@ -42,7 +44,7 @@ class _EpochLines(logging.logging.Filter):
 
 def _main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {argv[1:]}")
     import jax
 
     if not FLAGS["verbosity"].present:
@@ -55,17 +57,19 @@ def _main(argv):
 
     logging.info("JAX process %d/%d, local devices %s", jax.process_index(), jax.process_count(),
                  jax.local_devices())
-    try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ValueError, FileNotFoundError) as e:
-        raise SystemExit(f"btsbot-train: {e}") from e
+    config = FLAGS.config
+    for field in PATH_FIELDS:  # `~` and $VARS in path fields of the config (and their overrides)
+        if isinstance(config.get(field), str):
+            config[field] = expand_path(config[field])
+    summary = train_and_evaluate(config, FLAGS.workdir)
     if jax.process_index() == 0:
         print(json.dumps(summary, indent=2))
         print(f"best model: {os.path.join(summary['workdir'], 'best')}")
 
 
 def _packaged_config_paths(argv: list[str]) -> list[str]:
-    """`--config=prod` (a packaged config's name) -> the path of btsbot_jax/configs/prod.py; paths pass unchanged."""
+    """`--config=prod` (a packaged config's name) -> the path of btsbot_jax/configs/prod.py; a path gets `~` and
+    $VARS expanded and must exist (UsageError otherwise, before the slow imports)."""
     from btsbot_jax import configs
 
     out = []
@@ -74,6 +78,12 @@ def _packaged_config_paths(argv: list[str]) -> list[str]:
             name, sep, arg = a[len("--config="):].partition(":")
             if name in configs.NAMES and not os.path.exists(name):
                 a = f"--config={configs.CONFIG_DIR / (name + '.py')}{sep}{arg}"
+            else:
+                path = expand_path(name)
+                if not os.path.isfile(path):
+                    raise UsageError(f"--config={name}: no such config file (give a get_config() .py file or one "
+                                     f"of the packaged configs: {', '.join(configs.NAMES)})")
+                a = f"--config={path}{sep}{arg}"
         out.append(a)
     return out
 
@@ -81,8 +91,12 @@ def _packaged_config_paths(argv: list[str]) -> list[str]:
 def main():
     import sys
 
-    sys.argv = _packaged_config_paths(sys.argv)
-    run(_main, required=["config", "workdir"])
+    try:
+        sys.argv = _packaged_config_paths(sys.argv)
+    except UsageError as e:
+        sys.stderr.write(f"btsbot-train: {e}\n")
+        sys.exit(e.code)
+    run(_main, required=["config", "workdir"], paths=["workdir"])
 
 
 if __name__ == "__main__":

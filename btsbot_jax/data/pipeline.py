@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from btsbot_jax.data.training_set import Split
+from btsbot_jax.data.training_set import Split, require_rows
 
 # tf.data only prepares host-side batches; keep TF off any accelerator JAX is using.
 try:  # pragma: no cover - depends on the machine
@@ -48,6 +48,7 @@ class ArraySource:
 
     @classmethod
     def from_split(cls, split: Split) -> ArraySource:
+        require_rows(split.name, len(split), split.csv_path.name)
         return cls(split.triplets, np.asarray(split.metadata, np.float32), np.asarray(split.labels, np.int32))
 
     def __len__(self) -> int:

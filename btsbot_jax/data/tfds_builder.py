@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS, NUM_CHANNELS
-from btsbot_jax.data.training_set import SPLITS, DatasetError, load_split
+from btsbot_jax.data.training_set import SPLITS, DatasetError, load_split, require_rows
 
 
 class BtsbotAlertsConfig(tfds.core.BuilderConfig):
@@ -148,19 +148,29 @@ class _ShapeOnly:
         self.shape = shape
 
 
+def _expand(path: str | os.PathLike | None) -> str | None:
+    """`~` and $VARS expanded: TFDS would otherwise create a folder literally named `~` in the working directory."""
+    return None if path is None else os.path.expandvars(os.path.expanduser(os.fspath(path)))
+
+
 def builder(data_dir: str | os.PathLike | None = None, *, version: str | None = None, n_max: int | None = None
             ) -> BtsbotAlerts:
+    data_dir = _expand(data_dir)
     if version is None and n_max is None:
         return BtsbotAlerts(data_dir=data_dir, file_format="array_record")
+    for known in BtsbotAlerts.BUILDER_CONFIGS:  # TFDS refuses a custom config named like a registered one
+        if known.file_version == version and known.n_max is not None and n_max is not None \
+                and int(known.n_max) == int(n_max):
+            return BtsbotAlerts(config=known.name, data_dir=data_dir, file_format="array_record")
     cfg = BtsbotAlertsConfig(name=f"{version or 'any'}_N{n_max or 'any'}", file_version=version, n_max=n_max)
     return BtsbotAlerts(config=cfg, data_dir=data_dir, file_format="array_record")
 
 
 def prepare(manual_dir: str | os.PathLike, data_dir: str | os.PathLike | None = None, *,
             version: str | None = None, n_max: int | None = None) -> BtsbotAlerts:
-    """Build (once) the TFDS dataset from a training-set folder; returns the builder."""
+    """Build (once) the TFDS dataset from a training-set folder; returns the builder. `~`/$VARS are expanded."""
     b = builder(data_dir, version=version, n_max=n_max)
-    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir)))
+    b.download_and_prepare(download_config=tfds.download.DownloadConfig(manual_dir=_expand(manual_dir)))
     return b
 
 
@@ -168,4 +178,8 @@ def load_sources(manual_dir: str | os.PathLike, data_dir: str | os.PathLike | No
                  version: str | None = None, n_max: int | None = None) -> dict[str, TfdsSource]:
     """train/val(/test) random-access sources through TFDS, building the dataset first if needed."""
     b = prepare(manual_dir, data_dir, version=version, n_max=n_max)
-    return {split: TfdsSource(b.as_data_source(split=split)) for split in b.info.splits}
+    for split in ("train", "val"):
+        require_rows(split, b.info.splits[split].num_examples if split in b.info.splits else 0,
+                     f"{split} of {manual_dir}")
+    return {split: TfdsSource(b.as_data_source(split=split)) for split in b.info.splits
+            if b.info.splits[split].num_examples}

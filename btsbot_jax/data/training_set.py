@@ -91,6 +91,14 @@ def metadata_matrix(table: pd.DataFrame, columns: Sequence[str] = METADATA_COLUM
     return out
 
 
+def require_rows(split: str, n: int, where: str) -> None:
+    """Training cannot use an empty split (a validation loss over no alerts is nan): say so, with the file."""
+    if n == 0:  # e.g. a survey of too few sources for the 81/9/10 split by source
+        name = {"val": "validation", "train": "training"}.get(split, split)
+        raise DatasetError(f"the {name} split is empty ({where} has no alerts): too few sources for the split by "
+                           "source; simulate or prepare a larger set")
+
+
 def load_split(data_dir: str | os.PathLike, split: str, version: str | None = None, n_max: int | None = None,
                mmap: bool = True) -> Split:
     csv, npy = split_files(data_dir, split, version, n_max)

@@ -65,12 +65,13 @@ def deployment_card(card: dict[str, Any], input_names: Sequence[str] = ("triplet
     inputs = {
         input_names[0]: {
             "shape": ["N", s, s, 3], "dtype": "float32", "layout": "NHWC (channels last)",
-            "channels": ["science", "template", "difference"], "used": arch in ("mm_cnn", "um_cnn"),
+            "channels": ["science", "template", "difference"], "used": arch not in ("um_nn", "v2_um_nn"),
             "preprocessing": f"each cutout: gunzip FITS, NaN -> 0, divided by its own L2 norm, cutouts smaller than "
                              f"{s}x{s} padded at the bottom/right with {PAD_VALUE:g} after normalising",
         },
         input_names[1]: {
-            "shape": ["N", len(columns)], "dtype": "float32", "columns": columns, "used": arch in ("mm_cnn", "um_nn"),
+            "shape": ["N", len(columns)], "dtype": "float32", "columns": columns,
+            "used": arch not in ("um_cnn", "v2_ConvNeXt", "v2_MaxViT"),
             "preprocessing": "raw values in this column order (the model normalises them itself)",
         },
     }
@@ -99,6 +100,28 @@ def deployment_card(card: dict[str, Any], input_names: Sequence[str] = ("triplet
         "policies": policy_constants(),
         "reference": "Rehemtulla et al. 2024, ApJ 972, 7 (BTSbot); github.com/nabeelre/BTSbot",
     }
+
+
+def deployment_card_v2(card: dict[str, Any], input_names: Sequence[str], output_name: str = "logits"
+                       ) -> dict[str, Any]:
+    """The self-description of a BTSbot v2 ONNX export: upstream's signature (Rehemtulla et al. 2025, to_onnx.py),
+    `image` channels-first and/or `metadata` in, one logit out (score = sigmoid(logit))."""
+    d = deployment_card(card)
+    s = int(card.get("image_size", 63))
+    image = dict(d["inputs"]["triplet"], shape=["N", 3, s, s], layout="NCHW (channels first)", used=True)
+    metadata = dict(d["inputs"]["metadata"], used=True)
+    d["inputs"] = {n: image if n == "image" else metadata for n in input_names}
+    d["input_names"] = list(input_names)
+    d["input_layout"] = "; ".join(
+        f"{n}: float32 ({', '.join(map(str, spec['shape']))}) "
+        + ("NCHW, channels science, template, difference" if n == "image" else "raw, in metadata_columns order")
+        for n, spec in d["inputs"].items())
+    d["output_meaning"] = "logit"
+    d["output"] = {"name": output_name, "shape": ["N", 1], "dtype": "float32", "meaning": "logit",
+                   "description": "one logit per alert; score = sigmoid(logit), in [0, 1]"}
+    d["decision"] = f"an alert is positive when sigmoid(logit) > {DECISION_THRESHOLD}"
+    d["reference"] = "Rehemtulla et al. 2025 (BTSbot v2); github.com/nabeelre/BTSbot"
+    return d
 
 
 def onnx_metadata(dcard: dict[str, Any]) -> dict[str, str]:

@@ -30,6 +30,10 @@ docstrings in a SavedModel, so the signature is its description), and the Stable
 format has no place for it, in the `deployment` section of the model_card.json beside `model.jax_export`. Every
 export's model_card.json has the same `deployment` section.
 
+BTSbot v2 models (architectures `v2_*`, Rehemtulla et al. 2025) export to stablehlo (the same route) and to an ONNX
+with upstream's signature (`image` NCHW and/or `metadata` -> `logits`, what BOOM's v2 loads; written by
+btsbot_jax.inference.export_v2); `all` means those two, and both are checked to TOLERANCE_V2 (scores and logits).
+
 Every export is verified before it is published: the artifact is loaded back with its runtime
 (`btsbot_jax.inference.runtimes`) and scored against the Flax model on probe inputs (metadata drawn around the BatchNorm
 statistics, so the probe lies where the model was trained); a max difference above TOLERANCE aborts the export
@@ -56,6 +60,7 @@ from btsbot_jax.inference.deployment import (
     SAVEDMODEL_CARD_ASSET,
     SAVEDMODEL_CARD_SIGNATURE,
     deployment_card,
+    deployment_card_v2,
     onnx_metadata,
 )
 from btsbot_jax.inference.runtimes import (
@@ -69,10 +74,13 @@ from btsbot_jax.inference.runtimes import (
     is_export_card,
     load_exported,
 )
+from btsbot_jax.models import V2_ARCHITECTURES, is_v2
 
 FORMATS = tuple(EXPORT_FORMATS)  # ("stablehlo", "onnx", "savedmodel")
 CHOICES = (*FORMATS, "all")
 TOLERANCE = 1e-5  # max |export - flax| on the probe scores
+TOLERANCE_V2 = 1e-4  # v2 (deeper float32 graphs; upstream's own ONNX check is rtol 1e-4): scores and ONNX logits
+V2_FORMATS = ("stablehlo", "onnx")  # what `all` writes for a v2 model
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 POOL_SIZES = (2, 4)  # the two VALID max-pools of models.ImageBranch (after conv2 and conv4)
@@ -411,6 +419,55 @@ def _verify(fmt: str, out: Path, reference, probe) -> dict[str, Any]:
             "runtime": type(scorer).__name__}
 
 
+def _v2_probe_stats(model) -> dict[str, np.ndarray]:
+    """The running statistics of a v2 model's metadata BatchNorm, named as probe_inputs expects them."""
+    from btsbot_jax.models import v2 as v2m
+
+    bn = {v2m.mm_ConvNeXt: lambda m: m.metadata_branch.bn, v2m.mm_MaxViT: lambda m: m.metadata_branch.bn,
+          v2m.frozen_fusion: lambda m: m.meta_branch.bn, v2m.UmNN: lambda m: m.bn}.get(type(model))
+    if bn is None:
+        return {}
+    b = bn(model)
+    return {"metadata/bn/mean": np.asarray(b.mean[...]), "metadata/bn/var": np.asarray(b.var[...])}
+
+
+def _export_onnx_v2(model, card, dcard, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import onnx
+
+    from btsbot_jax.inference.export_v2 import ONNX_IR_VERSION as IR
+    from btsbot_jax.inference.export_v2 import ONNX_OPSET as OPSET
+    from btsbot_jax.inference.export_v2 import build_onnx_v2, v2_signature
+
+    proto = build_onnx_v2(model, card)
+    for key, value in onnx_metadata(dcard).items():  # the model card travels inside the file, as for v1
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, str(out / ARTIFACTS["onnx"]))
+    sig = v2_signature(model, int(card.get("image_size", 63)), len(card["metadata_columns"]))
+    return {"opset": OPSET, "ir_version": IR, "onnx_version": onnx.__version__,
+            "signature": "upstream BTSbot v2 to_onnx.py (BOOM)", "model_card_in": "metadata_props"}, sig
+
+
+def _verify_v2(fmt: str, out: Path, reference, ref_logits, probe) -> dict[str, Any]:
+    """v2: the scores through the runtime scorer and, for ONNX, the raw `logits` output, both within
+    TOLERANCE_V2 of the Flax model."""
+    t, m = probe
+    scorer = load_exported(out)
+    err = float(np.abs(scorer(t, m) - reference).max())
+    result = {"max_abs_diff": err, "n_probe": int(len(t)), "tolerance": TOLERANCE_V2, "reference": "flax model",
+              "runtime": type(scorer).__name__}
+    if fmt == "onnx":
+        logits = scorer.logits(t, m)
+        result["max_abs_logit_diff"] = float(np.abs(logits - ref_logits).max())
+    worst = max(err, result.get("max_abs_logit_diff", 0.0))
+    if not worst <= TOLERANCE_V2:
+        raise ExportError(
+            f"{fmt} export does not reproduce the Flax model: max |difference| = {worst:.2e} > {TOLERANCE_V2:.0e} "
+            f"on {len(t)} probe inputs; nothing was written"
+        )
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 
 
@@ -438,8 +495,9 @@ def _load_source(checkpoint):
     if fmt not in MODEL_FORMATS:
         raise ExportError(f"{model_dir}: model card format {fmt!r} is not a btsbot-jax model directory {MODEL_FORMATS}")
     arch = card.get("architecture")
-    if arch not in LAYERS:
-        raise ExportError(f"{model_dir}: cannot export architecture {arch!r}; supported: {sorted(LAYERS)}")
+    if arch not in LAYERS and not is_v2(arch):
+        raise ExportError(f"{model_dir}: cannot export architecture {arch!r}; supported: "
+                          f"{sorted(LAYERS) + list(V2_ARCHITECTURES)}")
     try:
         model, card = load_model(model_dir)
     except CheckpointError as e:
@@ -447,14 +505,17 @@ def _load_source(checkpoint):
     return model_dir, model, card
 
 
-def _export_card(src_card, model_dir, fmt, details, verification, dcard) -> dict[str, Any]:
+def _export_card(src_card, model_dir, fmt, details, verification, dcard, v2_signature=None) -> dict[str, Any]:
     card = {k: v for k, v in src_card.items() if k not in ("format", "created_utc", "btsbot_jax_version")}
+    signature = {"inputs": {INPUT_NAMES[0]: [None, src_card["image_size"], src_card["image_size"], 3],
+                            INPUT_NAMES[1]: [None, len(src_card["metadata_columns"])]},
+                 "outputs": {OUTPUT_NAME: [None, 1]}, "dtype": "float32"}
+    if v2_signature is not None:
+        signature = v2_signature
     card.update(
         format=EXPORT_FORMATS[fmt],
         artifact=ARTIFACTS[fmt],
-        signature={"inputs": {INPUT_NAMES[0]: [None, src_card["image_size"], src_card["image_size"], 3],
-                              INPUT_NAMES[1]: [None, len(src_card["metadata_columns"])]},
-                   "outputs": {OUTPUT_NAME: [None, 1]}, "dtype": "float32"},
+        signature=signature,
         exported_from={"path": str(Path(model_dir).resolve()), "format": src_card.get("format"),
                        "created_utc": src_card.get("created_utc")},
         export=details,
@@ -496,19 +557,32 @@ def export_model(
             f"StableHLO platforms {tuple(platforms)} leave out this machine's {backend!r}, so the export could not be "
             f"checked against the Flax model here; add {backend!r} (the artifact may hold several platforms)"
         )
-    out = Path(out_dir).absolute()
+    out = Path(os.path.expandvars(os.path.expanduser(os.fspath(out_dir)))).absolute()  # never a folder named ~
     if out.exists() and not (out.is_dir() and not any(out.iterdir())) and not overwrite:
-        raise ExportError(f"{out} exists and is not empty; choose another --out or pass overwrite")
+        raise ExportError(f"{out} exists and is not empty; choose another --out or pass --overwrite "
+                          "(overwrite=True from Python) to replace it")
     model_dir, model, src_card = _load_source(checkpoint)
     if out == model_dir.absolute() or model_dir.absolute() in out.parents:
         raise ExportError(f"--out {out} is inside the checkpoint {model_dir}; write the export elsewhere")
 
+    v2 = is_v2(src_card["architecture"])
+    if v2 and fmt == "savedmodel":
+        raise ExportError(f"{src_card['architecture']}: no SavedModel export for BTSbot v2 models (BOOM loads the "
+                          "ONNX; Kowalski's TF 2.13 SavedModel route is v1 only); use stablehlo or onnx")
     weights = model_weights(model)
     spec = _spec(src_card, src_card.get("model_config", {}).get("bn_epsilon", 1e-3))
-    check_weights(weights, spec)
-    dcard = deployment_card(src_card, INPUT_NAMES, OUTPUT_NAME)
-    probe = probe_inputs(weights, spec, n=n_probe)
-    reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
+    if v2:
+        from btsbot_jax.inference.export_v2 import v2_input_names
+
+        dcard = deployment_card_v2(src_card, v2_input_names(model))
+        probe = probe_inputs(_v2_probe_stats(model), spec, n=n_probe)
+        reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
+        ref_logits = np.asarray(jax.jit(lambda t, m: model.logits(t, m))(*probe))[:, 0]
+    else:
+        check_weights(weights, spec)
+        dcard = deployment_card(src_card, INPUT_NAMES, OUTPUT_NAME)
+        probe = probe_inputs(weights, spec, n=n_probe)
+        reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -516,20 +590,28 @@ def export_model(
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
     try:
-        formats = FORMATS if fmt == "all" else (fmt,)
+        formats = (V2_FORMATS if v2 else FORMATS) if fmt == "all" else (fmt,)
         cards = {}
         for f in formats:
             d = tmp / f if fmt == "all" else tmp
             d.mkdir(exist_ok=True)
+            sig = None
             if f == "stablehlo":
                 details = _export_stablehlo(model, spec, d, platforms)
+            elif f == "onnx" and v2:
+                details, sig = _export_onnx_v2(model, src_card, dcard, d)
             elif f == "onnx":
                 details = _export_onnx(weights, spec, dcard, d)
             else:
                 details = _export_savedmodel(weights, spec, dcard, d)
-            card = _export_card(src_card, model_dir, f, details, verification={}, dcard=dcard)
+            # a v2 model's ONNX has upstream's signature (logits out); its StableHLO export, like v1's, returns scores
+            fcard = dcard if (f == "onnx" or not v2) else deployment_card(src_card, INPUT_NAMES, OUTPUT_NAME)
+            card = _export_card(src_card, model_dir, f, details, verification={}, dcard=fcard, v2_signature=sig)
             _write_card(d, card)
-            card["verification"] = _verify(f, d, reference, probe)
+            if v2:
+                card["verification"] = _verify_v2(f, d, reference, ref_logits, probe)
+            else:
+                card["verification"] = _verify(f, d, reference, probe)
             _write_card(d, card)
             cards[f] = card
         if fmt == "all":

@@ -19,7 +19,7 @@ from flax import nnx
 
 from btsbot_jax.constants import METADATA_COLUMNS
 from btsbot_jax.inference.validation import DEFAULT_BUCKETS, InputError, bucket_for, validate_inputs
-from btsbot_jax.models.model_dir import load_model, read_model_card, resolve_checkpoint
+from btsbot_jax.models.model_dir import CheckpointError, load_model, read_model_card, resolve_checkpoint
 
 
 class Scorer:
@@ -119,4 +119,4 @@ def load_scorer(checkpoint: str | os.PathLike, buckets: Sequence[int] = DEFAULT_
     return Scorer(model, card, buckets=buckets)
 
 
-__all__ = ["Scorer", "InputError", "load_scorer", "validate_inputs", "bucket_for", "DEFAULT_BUCKETS"]
+__all__ = ["Scorer", "CheckpointError", "InputError", "load_scorer", "validate_inputs", "bucket_for", "DEFAULT_BUCKETS"]

@@ -487,7 +487,8 @@ def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = Non
 
 
 # ------------------------------------------------------------------------------------------------- parquet
-def _iter_parquet(path: Path, ords: _Ordinals, fobj=None, base: str | None = None) -> Iterator[RawAlert]:
+def _iter_parquet(path: Path, ords: _Ordinals, fobj=None, base: str | None = None, explicit: bool = False
+                  ) -> Iterator[RawAlert]:
     import pyarrow.parquet as pq
 
     stats = ords.stats
@@ -501,6 +502,8 @@ def _iter_parquet(path: Path, ords: _Ordinals, fobj=None, base: str | None = Non
         if missing:
             raise ValueError(f"no column(s) {sorted(missing)}: not a ZTF alert table")
     except Exception as e:
+        if explicit:
+            raise AlertReadError(path, f"not a readable parquet file: {type(e).__name__}: {e}") from None
         for _ in ords.take(1):
             yield _emit(stats, RawAlert(f"{base}#0", None, f"unreadable parquet file: {type(e).__name__}: {e}"))
         return
@@ -615,9 +618,16 @@ def _iter_file(path: Path, kind: str, ords: _Ordinals, explicit: bool) -> Iterat
             for _ in ords.take(1):
                 yield _emit(ords.stats, RawAlert(f"{path}#0", None, f"cannot read file: {e}"))
             return
+        if explicit:  # a named file that cannot be opened as avro is an unreadable path, like a tarball or parquet
+            if not data:
+                raise AlertReadError(path, "not a readable avro file: empty file (0 bytes)")
+            try:
+                _parse_container_header(data)
+            except (_Corrupt, IndexError) as e:
+                raise AlertReadError(path, f"not a readable avro file: {e}") from None
         yield from _decode_container(data, str(path), ords)
     elif kind == "parquet":
-        yield from _iter_parquet(path, ords)
+        yield from _iter_parquet(path, ords, explicit=explicit)
     else:
         yield from _iter_tar(path, ords, explicit)
 
@@ -676,7 +686,8 @@ def iter_alerts(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_s
                 ) -> Iterator[RawAlert]:
     """Stream the records of avro files, folders (recursive), .tar/.tar.gz and parquet files.
 
-    Unreadable records come out as `RawAlert(error=...)`. A path that cannot be read at all raises
+    Unreadable records come out as `RawAlert(error=...)`. A path that cannot be read at all (missing, or a file
+    named here that cannot be opened as its kind: junk avro/parquet/tar, an empty file) raises
     `AlertReadError`, or with `errors="collect"` is recorded in `stats.unreadable_paths` and skipped.
     `projection=SCORING_PROJECTION` yields only what scoring needs, decoded ~3x faster.
     """

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import dataclasses
 import os
 import queue
@@ -24,10 +25,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from btsbot_jax import __version__
 from btsbot_jax.ingest.features import Prepared, Rejected, prepare_batch
 from btsbot_jax.ingest.readers import SCORING_PROJECTION, AlertReadError, RawAlert, ReadStats, iter_alerts
 
-SCORE_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "score", "model_version", "source")
+# btsbot_jax_version: the code that made the table, so a reader of the file alone knows what scored it
+SCORE_COLUMNS = ("candid", "objectId", "jd", "magpsf", "fid", "score", "model_version", "btsbot_jax_version", "source")
 REJECTED_COLUMNS = ("candid", "objectId", "source", "reason", "kind")
 TABLE_SUFFIXES = (".csv", ".parquet")
 
@@ -54,7 +57,8 @@ def rejected_frame(rejected: Iterable[Rejected]) -> pd.DataFrame:
 def _empty_scores() -> pd.DataFrame:
     df = pd.DataFrame({c: [] for c in SCORE_COLUMNS})
     return df.astype({"candid": "Int64", "objectId": object, "jd": float, "magpsf": float, "fid": "Int64",
-                      "score": np.float32, "model_version": object, "source": object})
+                      "score": np.float32, "model_version": object, "btsbot_jax_version": object,
+                      "source": object})
 
 
 def _batches_from_alerts(alerts: Iterable[RawAlert], batch_size: int, use_rb: bool, seen: set[int]
@@ -105,6 +109,7 @@ def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progre
         df = info[keep].copy()
         df["score"] = scores[keep].astype(np.float32)
         df["model_version"] = version
+        df["btsbot_jax_version"] = __version__
         frames.append(df[list(SCORE_COLUMNS)])
 
     def run(prepared: Prepared) -> np.ndarray:
@@ -162,6 +167,7 @@ def _summary(scorer, scores, rejected, n_in, duplicates, seconds, stats: ReadSta
         "seconds": seconds,
         "alerts_per_s": n_in / seconds if seconds > 0 else float("nan"),
         "model_version": getattr(scorer, "version", "unknown"),
+        "btsbot_jax_version": __version__,
     }
     if stats is not None:
         summary.update(files=stats.files, skipped_files=stats.skipped_files,
@@ -214,6 +220,25 @@ def _worker_main(paths, num_shards, shard_index, batch_size, use_rb, errors, out
         out.put(("error", f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
 
 
+@contextlib.contextmanager
+def _main_module_not_reimported():
+    """Start spawned processes without re-running the caller's `__main__`.
+
+    A spawned child normally re-imports the parent's main script (by path or module name) before unpickling its
+    target, so a plain script that calls `score_paths(..., workers=N)` at top level would run again in every worker
+    (and fail). The decode workers only need this module, so the main module's path and spec are hidden while the
+    processes start (multiprocessing reads them at `start()`)."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if main is not None and hasattr(main, k)}
+    try:
+        for k in saved:
+            setattr(main, k, None) if k == "__spec__" else delattr(main, k)
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 def _parallel_batches(paths, workers, num_shards, shard_index, batch_size, use_rb, errors, stats_out: list):
     """Prepared batches from `workers` decode processes, merged round-robin (a deterministic order).
 
@@ -227,8 +252,9 @@ def _parallel_batches(paths, workers, num_shards, shard_index, batch_size, use_r
     procs = [ctx.Process(target=_worker_main, daemon=True, name=f"btsbot-decode-{k}",
                          args=(list(map(str, paths)), total, shard_index + num_shards * k, batch_size, use_rb,
                                errors, queues[k])) for k in range(workers)]
-    for pr in procs:
-        pr.start()
+    with _main_module_not_reimported():
+        for pr in procs:
+            pr.start()
     try:
         live = list(range(workers))
         while live:
@@ -267,7 +293,7 @@ def _merge_stats(parts: list[ReadStats]) -> ReadStats:
 
 
 def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, shard_index: int = 0,
-                progress: bool = True, use_rb: bool = False, errors: str = "collect", workers: int = 1
+                progress: bool = False, use_rb: bool = False, errors: str = "collect", workers: int = 1
                 ) -> ScoreResult:
     """Score every alert under `paths` (avro files, folders, .tar/.tar.gz, parquet).
 
@@ -275,7 +301,9 @@ def score_paths(scorer, paths, *, batch_size: int = 256, num_shards: int = 1, sh
     or raise AlertReadError (errors="raise"). `num_shards`/`shard_index` split the records deterministically
     (by reading order) so that N runs together score every record exactly once; duplicates are found within a
     run (shard). `workers` > 1 decodes in that many processes (the model still runs once, here); the rows then
-    come in a deterministic order that differs from workers=1.
+    come in a deterministic order that differs from workers=1. The decode processes do not re-run the calling
+    script, so this works from a plain script without an `if __name__ == "__main__":` guard. `progress=True` draws
+    a progress bar on stderr.
     """
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
@@ -325,7 +353,7 @@ def format_summary(summary: dict[str, Any]) -> str:
 
 
 def check_table_path(path: str | os.PathLike) -> Path:
-    p = Path(path)
+    p = Path(os.path.expandvars(os.path.expanduser(os.fspath(path))))  # `~` is the home, never a folder named ~
     if p.suffix.lower() not in TABLE_SUFFIXES:
         raise ValueError(f"{p}: output must end in .csv or .parquet")
     return p

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from btsbot_jax import __version__
 from btsbot_jax.serve.stream_sink import DeadLetter, StreamError
 
 
@@ -54,7 +55,8 @@ class Batch:
             results.append((i, {
                 "candid": _int_or_none(row.candid), "objectId": _str_or_none(row.objectId),
                 "jd": _json_float(row.jd), "magpsf": _json_float(row.magpsf), "score": float(scores[k]),
-                "model_version": model_version, "topic": m.topic(), "partition": m.partition(),
+                "model_version": model_version, "btsbot_jax_version": __version__, "topic": m.topic(),
+                "partition": m.partition(),
                 "offset": m.offset(),
             }))
         return results

@@ -20,7 +20,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-RESULT_COLUMNS = ("candid", "objectId", "jd", "magpsf", "score", "model_version", "topic", "partition", "offset")
+RESULT_COLUMNS = ("candid", "objectId", "jd", "magpsf", "score", "model_version", "btsbot_jax_version", "topic",
+                  "partition", "offset")
 REJECTED_COLUMNS = ("candid", "objectId", "stage", "reason", "source", "topic", "partition", "offset")
 
 
@@ -79,7 +80,8 @@ def _result_schema():
 
     return pa.schema([("candid", pa.int64()), ("objectId", pa.string()), ("jd", pa.float64()),
                       ("magpsf", pa.float64()), ("score", pa.float32()), ("model_version", pa.string()),
-                      ("topic", pa.string()), ("partition", pa.int32()), ("offset", pa.int64())])
+                      ("btsbot_jax_version", pa.string()), ("topic", pa.string()), ("partition", pa.int32()),
+                      ("offset", pa.int64())])
 
 
 def _rejected_schema():
