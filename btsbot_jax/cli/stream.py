@@ -43,12 +43,25 @@ flags.DEFINE_integer("output_partitions", 1, "Partitions of the output topics th
 flags.DEFINE_multi_string("consumer_config", [], "Extra librdkafka consumer setting key=value (repeatable), e.g. "
                           "session.timeout.ms=6000, security.protocol=SASL_SSL.")
 flags.DEFINE_multi_string("producer_config", [], "Extra librdkafka producer setting key=value (repeatable).")
+flags.DEFINE_string("consumer_config_file", None, "File of librdkafka consumer settings, key=value per line (# "
+                    "comments), read before --consumer_config. Keeps secrets off the command line (ps shows it); a "
+                    "value @PATH or env:VAR in either is read from that file or environment variable.")
+flags.DEFINE_string("producer_config_file", None, "File of librdkafka producer settings (as --consumer_config_file).")
+
+
+def _settings(path: str | None, pairs: list[str]) -> dict:
+    """Settings file first, command-line pairs over it; values may be @PATH or env:VAR (never logged unredacted)."""
+    from btsbot_jax.serve.kafka_config import parse_config_pairs, read_config_file
+
+    conf = read_config_file(path) if path else {}
+    conf.update(parse_config_pairs(pairs))
+    return conf
 
 
 def _main(argv):
     if len(argv) > 1:
         raise UsageError(f"unexpected arguments: {argv[1:]}")
-    from btsbot_jax.serve.stream import StreamConfig, StreamError, StreamScorer, parse_config_pairs, warmup
+    from btsbot_jax.serve.stream import StreamConfig, StreamError, StreamScorer, warmup
 
     log = logging.getLogger("btsbot_jax.serve.stream")
     try:
@@ -59,8 +72,8 @@ def _main(argv):
             idle_timeout_s=FLAGS.idle_timeout_s, log_every_s=FLAGS.log_every_s,
             flush_timeout_s=FLAGS.flush_timeout_s, use_rb=FLAGS.use_rb, pipeline=FLAGS.pipeline,
             create_topics=FLAGS.create_topics, output_partitions=FLAGS.output_partitions,
-            consumer_config=parse_config_pairs(FLAGS.consumer_config),
-            producer_config=parse_config_pairs(FLAGS.producer_config))
+            consumer_config=_settings(FLAGS.consumer_config_file, FLAGS.consumer_config),
+            producer_config=_settings(FLAGS.producer_config_file, FLAGS.producer_config))
         cfg.validate()
     except ValueError as e:
         raise UsageError(str(e)) from e

@@ -7,6 +7,13 @@ inlined, the dict built in one expression) and cached by the schema's text. Only
 compiled: null, boolean, int, long, float, double, bytes, string, record, enum, array, map, fixed and unions of
 them. Anything else (logical types, which fastavro converts, or an unknown construct) makes `compile_decoder`
 return None and the caller uses fastavro. tests/test_readers.py checks equality with fastavro on every real packet.
+
+Nothing in a packet is trusted (docs/security.md): every declared length and block count is checked against the
+bytes that remain before anything is allocated or looped over (an array block of zero-size items, e.g. nulls, may
+not declare more items than bytes remain), so the work per record is bounded by its size. `check_schema` refuses
+writer schemas that could make it unbounded otherwise: recursive types, nesting deeper than `MAX_SCHEMA_DEPTH`,
+fixed sizes beyond `MAX_FIXED_SIZE`. `compile_validator` compiles the same bounded walk without building values:
+the fastavro fallback only ever reads records it has walked.
 """
 
 from __future__ import annotations
@@ -20,8 +27,114 @@ _DOUBLE = struct.Struct("<d").unpack_from
 _FLOAT = struct.Struct("<f").unpack_from
 
 
+MAX_SCHEMA_DEPTH = 32         # nested records/arrays/maps/unions in a writer schema (ZTF's deepest: 4)
+MAX_FIXED_SIZE = 1 << 20      # bytes of one `fixed` value
+MAX_SCHEMA_NODES = 20_000     # types in a writer schema with every named reference expanded (ZTF's: ~300)
+
+
 class Unsupported(Exception):
     """A schema construct this compiler does not handle (the caller falls back to fastavro)."""
+
+
+class SchemaRejected(ValueError):
+    """A writer schema refused before any record is decoded with it (recursive, too deep, absurd sizes)."""
+
+
+def check_schema(schema: Any) -> None:
+    """Refuse schemas whose records could take unbounded work or nesting. Raises SchemaRejected with the reason.
+
+    Named types are walked once each (memoised), so a schema that references a type many times costs no more to
+    check; what it would cost to decode is bounded through the expanded node count (MAX_SCHEMA_NODES)."""
+    named: dict[str, tuple[Any, str | None]] = {}
+    done: dict[str, tuple[int, int]] = {}  # full name -> (height, expanded nodes) of a fully walked type
+
+    def walk(s: Any, ns: str | None, stack: tuple[str, ...]) -> tuple[int, int]:
+        if len(stack) > MAX_SCHEMA_DEPTH:
+            raise SchemaRejected(f"schema nested deeper than {MAX_SCHEMA_DEPTH} levels")
+        if isinstance(s, str):
+            if s in _PRIMITIVES:
+                return 0, 1
+            full = f"{ns}.{s}" if ns and "." not in s and f"{ns}.{s}" in named else s
+            if full in stack:
+                raise SchemaRejected(f"recursive schema: type {full!r} contains itself")
+            if full in done:
+                return done[full]
+            if full in named:
+                return walk(named[full][0], named[full][1], stack)
+            return 0, 1  # unknown name: fastavro.parse_schema refuses it
+        if isinstance(s, list):
+            kids = [walk(br, ns, stack + ("<union>",)) for br in s]
+            return 1 + max((h for h, _ in kids), default=0), 1 + sum(n for _, n in kids)
+        if not isinstance(s, dict):
+            raise SchemaRejected(f"schema element of type {type(s).__name__}")
+        t = s.get("type")
+        if t in ("record", "error", "enum", "fixed"):
+            full = _Compiler.fullname(s, ns)
+            if full in stack:
+                raise SchemaRejected(f"recursive schema: type {full!r} contains itself")
+            if full in done:
+                return done[full]
+            named.setdefault(full, (s, ns))
+            result = (0, 1)
+            if t == "fixed":
+                size = s.get("size")
+                if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_FIXED_SIZE:
+                    raise SchemaRejected(f"fixed {full!r} of size {size!r} (allowed 0..{MAX_FIXED_SIZE})")
+            elif t in ("record", "error"):
+                inner = full.rsplit(".", 1)[0] if "." in full else None
+                kids = [walk(f.get("type") if isinstance(f, dict) else f, inner, stack + (full,))
+                        for f in s.get("fields", ())]
+                result = 1 + max((h for h, _ in kids), default=0), 1 + sum(n for _, n in kids)
+            done[full] = result
+        elif t == "array":
+            h, n = walk(s.get("items"), ns, stack + ("<array>",))
+            result = h + 1, n + 1
+        elif t == "map":
+            h, n = walk(s.get("values"), ns, stack + ("<map>",))
+            result = h + 1, n + 1
+        elif t is not None:
+            result = walk(t, ns, stack)
+        else:
+            raise SchemaRejected("schema object without a type")
+        if result[1] > MAX_SCHEMA_NODES:
+            raise SchemaRejected(f"schema expands to more than {MAX_SCHEMA_NODES} types")
+        return result
+
+    walk(schema, None, ())
+
+
+def min_encoded_size(schema: Any) -> int:
+    """Fewest bytes any record of `schema` takes (a block cannot hold more records than its bytes allow).
+    For schemas `check_schema` accepts (no recursion); 1 for anything it cannot size."""
+    c = _Compiler(lenient=True)
+    memo: dict[str, int] = {}
+
+    def size(s: Any, ns: str | None) -> int:
+        s, ns = c.resolve(s, ns)
+        if isinstance(s, list):
+            return 1 + min((size(br, ns) for br in s), default=0)
+        t = s if isinstance(s, str) else s.get("type")
+        if t in ("record", "error"):
+            full = c.fullname(s, ns)
+            if full not in memo:
+                memo[full] = 0  # (a cycle counts 0: never more than the truth)
+                inner = full.rsplit(".", 1)[0] if "." in full else None
+                memo[full] = sum(size(f["type"], inner) for f in s["fields"])
+            return memo[full]
+        if t == "fixed":
+            return int(s["size"])
+        return {"null": 0, "boolean": 1, "int": 1, "long": 1, "enum": 1, "float": 4, "double": 8, "string": 1,
+                "bytes": 1, "array": 1, "map": 1}.get(t, 0)
+
+    try:
+        c.register(schema, None)
+        return size(schema, None)
+    except (Unsupported, KeyError, TypeError, ValueError, RecursionError):
+        return 1
+
+
+def _too_many(n: int, b: bytes, p: int):
+    raise ValueError(f"block declares {n} items, more than the {len(b) - p} bytes left allow")
 
 
 def _read_long(b: bytes, p: int) -> tuple[int, int]:
@@ -65,8 +178,8 @@ def _skip_long(b: bytes, p: int) -> int:
 
 def _skip_bytes(b: bytes, p: int) -> int:
     n, p = _read_long(b, p)
-    if n < 0:
-        raise ValueError("negative length")
+    if n < 0 or p + n > len(b):
+        raise EOFError("bytes or string run past the end of the data")
     return p + n
 
 
@@ -74,8 +187,9 @@ SKIP = "skip"  # projection value: do not decode this field at all
 
 
 class _Compiler:
-    def __init__(self, projection: dict[str, Any] | None = None):
+    def __init__(self, projection: dict[str, Any] | None = None, lenient: bool = False):
         self.projection = projection or {}
+        self.lenient = lenient  # logical types allowed (a validator only walks the underlying encoding)
         self.funcs: dict[Any, str] = {}     # (full name, kept fields) -> python function name
         self.named: dict[str, Any] = {}     # full name -> schema
         self.sources: list[str] = []
@@ -109,7 +223,7 @@ class _Compiler:
             for s in schema:
                 self.register(s, namespace)
         elif isinstance(schema, dict):
-            if "logicalType" in schema:
+            if "logicalType" in schema and not self.lenient:
                 raise Unsupported("logical types")
             t = schema.get("type")
             if t in ("record", "error", "enum", "fixed"):
@@ -134,7 +248,7 @@ class _Compiler:
             if full not in self.named:
                 raise Unsupported(f"unknown type {schema!r}")
             return self.named[full], (full.rsplit(".", 1)[0] if "." in full else None)
-        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES and len(schema) == 1:
+        if isinstance(schema, dict) and schema.get("type") in _PRIMITIVES and (len(schema) == 1 or self.lenient):
             return schema["type"], namespace
         if isinstance(schema, dict) and isinstance(schema.get("type"), (dict, list)):
             return self.resolve(schema["type"], namespace)
@@ -178,6 +292,7 @@ class _Compiler:
             a(f"{ind}x = b[p]")
             a(f"{ind}if x < 128: i = (x >> 1) ^ -(x & 1); p += 1")
             a(f"{ind}else: i, p = _read_long(b, p)")
+            a(f"{ind}if i < 0: raise IndexError('negative enum index')")
             a(f"{ind}{out} = {c}[i]")
         elif t in ("record", "error"):
             full = self.fullname(schema, ns)
@@ -185,11 +300,19 @@ class _Compiler:
             a(f"{ind}{out}, p = {fn}(b, p)")
         elif t == "array":
             item = self.tmp("it")
+            zero = self.fixed_size(schema["items"], ns) == 0
             a(f"{ind}{out} = []")
+            if zero:  # items of no size: all blocks together may not declare more items than bytes remain
+                a(f"{ind}budget = len(b) - p")
             a(f"{ind}while True:")
             a(f"{ind}    n, p = _read_long(b, p)")
             a(f"{ind}    if n == 0: break")
             a(f"{ind}    if n < 0: n = -n; _, p = _read_long(b, p)")
+            if zero:
+                a(f"{ind}    budget -= n")
+                a(f"{ind}    if budget < 0: _too_many(n, b, p)")
+            else:
+                a(f"{ind}    if n > len(b) - p: _too_many(n, b, p)")
             a(f"{ind}    for _ in range(n):")
             self.emit(schema["items"], ns, item, lines, ind + "        ", keep)
             a(f"{ind}        {out}.append({item})")
@@ -200,6 +323,7 @@ class _Compiler:
             a(f"{ind}    n, p = _read_long(b, p)")
             a(f"{ind}    if n == 0: break")
             a(f"{ind}    if n < 0: n = -n; _, p = _read_long(b, p)")
+            a(f"{ind}    if n > len(b) - p: _too_many(n, b, p)")  # every entry has a key of >= 1 byte
             a(f"{ind}    for _ in range(n):")
             a(f"{ind}        {key}, p = _read_str(b, p)")
             self.emit(schema["values"], ns, val, lines, ind + "        ", keep)
@@ -222,6 +346,10 @@ class _Compiler:
         t = schema if isinstance(schema, str) else (None if isinstance(schema, list) else schema.get("type"))
         if t == "fixed":
             return int(schema["size"])
+        if t in ("record", "error"):
+            inner = self.fullname(schema, ns).rpartition(".")[0] or None
+            sizes = [self.fixed_size(f["type"], inner) for f in schema["fields"]]
+            return None if any(z is None for z in sizes) else sum(sizes)
         return {"null": 0, "boolean": 1, "float": 4, "double": 8}.get(t)
 
     def skip(self, schema: Any, ns: str | None, lines: list[str], ind: str) -> None:
@@ -249,10 +377,21 @@ class _Compiler:
             for f in schema["fields"]:
                 self.skip(f["type"], self.fullname(schema, ns).rpartition(".")[0] or None, lines, ind)
         elif t in ("array", "map"):
+            zero = t == "array" and self.fixed_size(schema["items"], ns) == 0
+            if zero:
+                a(f"{ind}budget = len(b) - p")
             a(f"{ind}while True:")
             a(f"{ind}    n, p = _read_long(b, p)")
             a(f"{ind}    if n == 0: break")
-            a(f"{ind}    if n < 0: s, p = _read_long(b, p); p += s; continue")
+            a(f"{ind}    if n < 0:")
+            a(f"{ind}        s, p = _read_long(b, p)")
+            a(f"{ind}        if s < 0 or s > len(b) - p: raise EOFError('array or map block runs past the data')")
+            a(f"{ind}        p += s; continue")
+            if zero:  # nothing to skip per item; only the count is checked
+                a(f"{ind}    budget -= n")
+                a(f"{ind}    if budget < 0: _too_many(n, b, p)")
+                return
+            a(f"{ind}    if n > len(b) - p: _too_many(n, b, p)")
             a(f"{ind}    for _ in range(n):")
             if t == "map":
                 a(f"{ind}        p = _skip_bytes(b, p)")
@@ -310,7 +449,7 @@ class _Compiler:
         return fn
 
 
-_HELPERS = ("_read_long", "_read_str", "_read_bytes", "_skip_long", "_skip_bytes", "_DOUBLE", "_FLOAT")
+_HELPERS = ("_read_long", "_read_str", "_read_bytes", "_skip_long", "_skip_bytes", "_DOUBLE", "_FLOAT", "_too_many")
 _BINDABLE = re.compile(r"\b(_SKIP\d+|_SYM\d+|" + "|".join(_HELPERS) + r")\b")
 
 
@@ -344,13 +483,36 @@ def compile_decoder(schema: Any, projection: dict[str, Any] | None = None):
             c.emit(schema, None, "out", lines, "    ")
             lines.append("    return out, p")
         c.sources.append("\n".join(lines))
-    except (Unsupported, KeyError, TypeError, ValueError):
+    except (Unsupported, KeyError, TypeError, ValueError, RecursionError):
         return None
+    return _load(c)
+
+
+def compile_validator(schema: Any):
+    """schema -> validate(data, pos) -> end pos of the record, walking it with the same bounded checks as the
+    decoder but building nothing; logical types are walked as their underlying encoding. None if unsupported.
+    Run before handing a record to fastavro, whose reader would trust the counts."""
+    c = _Compiler(lenient=True)
+    try:
+        c.register(schema, None)
+        lines = ["def _top(b, p):"]
+        c.skip(schema, None, lines, "    ")
+        lines.append("    return p")
+        c.sources.append(_bind_locals("\n".join(lines)))
+    except (Unsupported, KeyError, TypeError, ValueError, RecursionError):
+        return None
+    return _load(c)
+
+
+def _load(c: _Compiler):
     env = {"_read_long": _read_long, "_read_str": _read_str, "_read_bytes": _read_bytes, "_DOUBLE": _DOUBLE,
-           "_skip_long": _skip_long, "_skip_bytes": _skip_bytes,
+           "_skip_long": _skip_long, "_skip_bytes": _skip_bytes, "_too_many": _too_many,
            "_FLOAT": _FLOAT, **c.consts}
+    # the generated source holds no text from the schema except field names, written with repr()
     exec(compile("\n\n".join(c.sources), "<avro_decoder>", "exec"), env)  # noqa: S102 - generated from a schema
     return env["_top"]
 
 
-__all__ = ["SKIP", "Unsupported", "compile_decoder"]
+__all__ = ["MAX_FIXED_SIZE", "MAX_SCHEMA_DEPTH", "MAX_SCHEMA_NODES", "SKIP", "SchemaRejected", "Unsupported",
+           "check_schema", "min_encoded_size",
+           "compile_decoder", "compile_validator"]

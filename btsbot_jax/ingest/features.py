@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from typing import Any
 
 import numpy as np
@@ -104,8 +104,10 @@ def _field(cand: Mapping, name: str) -> float:
 def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple[float, float]]:
     """(jd, magpsf) of the detections among light-curve entries (candidate/prv_candidate dicts or whole alerts)."""
     out = []
-    if not entries:
+    if entries is None or (isinstance(entries, Sized) and len(entries) == 0):
         return out
+    if isinstance(entries, (str, bytes, bytearray, Mapping)) or not isinstance(entries, Iterable):
+        raise AlertError(f"{label} is a {type(entries).__name__}, not a list of records")
     for i, e in enumerate(entries):
         if e is None:
             continue
@@ -113,6 +115,8 @@ def _history_points(entries: Iterable[Mapping] | None, label: str) -> list[tuple
             e = e.record
             if e is None:
                 continue
+        if not isinstance(e, Mapping):
+            raise AlertError(f"{label}[{i}] is a {type(e).__name__}, not a record")
         if "candidate" in e and isinstance(e.get("candidate"), Mapping):  # a whole earlier alert
             out += _history_points(e.get("prv_candidates"), f"{label}[{i}].prv_candidates")
             out += _history_points([e["candidate"]], f"{label}[{i}].candidate")
@@ -356,9 +360,14 @@ def _ids(record: Any) -> tuple[int | None, str | None]:
     o = record.get("objectId")
     try:
         c = int(c) if c is not None and not isinstance(c, bool) else None
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
+        c = None
+    if c is not None and not _INT64[0] <= c <= _INT64[1]:  # beyond an avro long: not an id
         c = None
     return c, (o if isinstance(o, str) else None)
+
+
+_INT64 = (-(1 << 63), (1 << 63) - 1)
 
 
 def _name(source: str, candid: int | None, oid: str | None) -> str:
@@ -407,7 +416,9 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
     # Full-size cutouts are copied into one (n, 3, 63, 63) stack as soon as they are decoded (converting the
     # big-endian FITS pixels on the way), so each inflated stamp buffer is freed at once and the allocator hands
     # the next stamp the same, cache-hot memory: ~15 us a stamp faster than keeping a batch of buffers alive.
-    stack = np.empty((len(alerts), 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
+    # (rows only for records that could be scored: undecodable ones, however many, cost no pixels)
+    n_decoded = sum(1 for a in alerts if not isinstance(a, RawAlert) or (a.error is None and a.record is not None))
+    stack = np.empty((n_decoded, 3, IMAGE_SIZE, IMAGE_SIZE), np.float32)
     full_rows: list[int] = []
     partial: dict[int, list[np.ndarray]] = {}  # row -> cutouts of which one or more is smaller than 63x63
 
@@ -430,6 +441,11 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
             images = cutout_images(record, copy=False)
         except AlertError as e:
             rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {e}", candid, oid, _kind(str(e))))
+            continue
+        except Exception as e:  # noqa: BLE001 - a packet is not trusted: whatever it does, it is one rejected row
+            reason = f"unusable record ({type(e).__name__}: {e})"
+            rejected.append(Rejected(source, f"{_name(source, candid, oid)}: {reason}", candid, oid,
+                                     "invalid alert"))
             continue
         cand = record["candidate"]
         row = len(rows)
@@ -474,7 +490,8 @@ def prepare_batch(alerts: Sequence[RawAlert | Mapping], *, use_rb: bool = False,
         "objectId": pd.Series(cols[1], dtype=object),
         "jd": np.asarray(cols[2], np.float64),
         "magpsf": np.asarray(cols[3], np.float64),
-        "fid": pd.array([f if isinstance(f, (int, np.integer)) else None for f in cols[4]], dtype="Int64"),
+        "fid": pd.array([f if isinstance(f, (int, np.integer)) and _INT64[0] <= f <= _INT64[1] else None
+                         for f in cols[4]], dtype="Int64"),
         "source": pd.Series(cols[5], dtype=object),
     })
     metadata = np.stack(metas) if metas else np.zeros((0, NUM_METADATA), np.float32)

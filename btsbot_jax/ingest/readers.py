@@ -9,8 +9,13 @@ Avro: ZTF writes one small Object Container File per alert, each repeating the ~
 `reader` re-parses that schema for every file (~3-4 ms, more than decoding the alert itself), so this module walks
 the container framing itself (magic, metadata, sync-delimited blocks) and decodes each record with a decoder
 compiled once per schema text (`btsbot_jax.ingest.avro`; fastavro's `schemaless_reader` where a schema is beyond
-it). Codecs other than null/deflate go through `fastavro.reader`. tests/test_readers.py checks the records equal
-`fastavro.reader`'s on all real packets.
+it, after the compiled validator has walked the record). Blocks compressed with deflate, bzip2 or xz are inflated
+here with a size limit; other codecs (snappy, zstandard) are reported per file, not read. tests/test_readers.py
+checks the records equal `fastavro.reader`'s on all real packets.
+
+Limits (docs/security.md): a container's schema text (`MAX_SCHEMA_BYTES`), a block's stored and inflated size
+(`MAX_BLOCK_BYTES`), every length and count inside a record (against the bytes that remain) and the schema's nesting
+(`avro.check_schema`). Whatever breaks one comes out as a record with `error` set, never as an exception.
 
 `projection=SCORING_PROJECTION` decodes only what scoring needs (24 of the ~100 `candidate` fields, `jd` and `magpsf` of
 each `prv_candidates` entry, no `fp_hists`) and skips the rest without building it: ~3x less decoding work on a
@@ -24,9 +29,11 @@ archives, so a shard decodes only its share).
 
 from __future__ import annotations
 
+import bz2
 import dataclasses
 import io
 import json
+import lzma
 import os
 import tarfile
 import zlib
@@ -38,7 +45,7 @@ from typing import Any
 import fastavro
 
 from btsbot_jax.constants import CUSTOM_FEATURES, METADATA_COLUMNS
-from btsbot_jax.ingest.avro import SKIP, compile_decoder
+from btsbot_jax.ingest.avro import SKIP, check_schema, compile_decoder, compile_validator, min_encoded_size
 
 AVRO_MAGIC = b"Obj\x01"
 PARQUET_MAGIC = b"PAR1"
@@ -49,6 +56,11 @@ TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 ZTF_TOP_LEVEL = ("schemavsn", "publisher", "objectId", "candid", "candidate", "prv_candidates", "fp_hists",
                  "cutoutScience", "cutoutTemplate", "cutoutDifference")
 PARQUET_BATCH_ROWS = 256
+MAX_SCHEMA_BYTES = 1 << 20   # writer schema text of one container (ZTF's: ~20 kB)
+MAX_BLOCK_BYTES = 16 << 20   # one container block, stored and inflated (a ZTF alert: ~20-100 kB)
+MAX_BLOCK_RECORDS = 10_000   # records one block may declare (ZTF: 1; fastavro's default blocks: ~16 kB)
+MAX_MESSAGE_RECORDS = 10_000  # records one message (decode_avro_bytes) yields; the rest is one error row
+CODECS = ("null", "deflate", "bzip2", "xz")
 # What prepare_batch needs (and the light curve's essentials): every candidate field, a few fields of each
 # prv_candidates entry, no forced-photometry history.
 PRV_SCORING_FIELDS = ("jd", "magpsf")  # all the features read from the light curve (features.custom_features)
@@ -129,13 +141,30 @@ def project(record: dict, projection: dict | None) -> dict:
     return out
 
 
-def _fastavro_decoder(parsed, projection):
+def _fastavro_decoder(parsed, projection, validate):
+    """fastavro for schemas the compiler leaves to it, on records the compiled validator has walked first (so
+    every count and length fastavro will trust has been checked against the data)."""
     def decode(b: bytes, p: int):
+        if validate(b, p) > len(b):
+            raise EOFError("record runs past the end of its block")
         fo = io.BytesIO(b)
         fo.seek(p)
         rec = fastavro.schemaless_reader(fo, parsed, None)
         return project(rec, projection), fo.tell()
     return decode
+
+
+class _Decoder:
+    """A record decoder and the fewest bytes a record of its schema takes."""
+
+    __slots__ = ("decode", "min_size")
+
+    def __init__(self, decode, min_size: int):
+        self.decode = decode
+        self.min_size = max(int(min_size), 1)  # a record of no size still counts one byte against a block
+
+    def __call__(self, b: bytes, p: int):
+        return self.decode(b, p)
 
 
 class _SchemaCache:
@@ -158,9 +187,18 @@ class _SchemaCache:
         k = (text, key)
         dec = self._d.get(k)
         if dec is None:
+            if len(text) > MAX_SCHEMA_BYTES:
+                raise ValueError(f"schema of {len(text)} bytes (limit {MAX_SCHEMA_BYTES})")
             schema = json.loads(text)
+            check_schema(schema)  # recursion, depth, sizes: before any decoder is built from it
             parsed = fastavro.parse_schema(schema)  # validates the schema whichever decoder runs
-            dec = compile_decoder(schema, projection) or _fastavro_decoder(parsed, projection)
+            dec = compile_decoder(schema, projection)
+            if dec is None:
+                validate = compile_validator(schema)
+                if validate is None:
+                    raise ValueError("schema construct beyond the bounded decoder")
+                dec = _fastavro_decoder(parsed, projection, validate)
+            dec = _Decoder(dec, min_encoded_size(schema))
             self._d[k] = dec
             if len(self._d) > self._size:
                 self._d.popitem(last=False)
@@ -204,6 +242,9 @@ def _read_bytes(buf: bytes, pos: int) -> tuple[bytes, int]:
 
 def _parse_container_header(buf: bytes) -> tuple[dict[str, bytes], bytes, int]:
     if buf[:4] != AVRO_MAGIC:
+        if buf[:1] == b"\0" and len(buf) > 5:  # Confluent wire format: magic 0, 4-byte schema id, bare avro
+            raise _Corrupt(f"not an avro container file: schema-registry framing (magic byte 0, schema id "
+                           f"{int.from_bytes(buf[1:5], 'big')}), whose schema is not in the message")
         raise _Corrupt(f"not an avro container file (starts with {bytes(buf[:8])!r})")
     pos = 4
     meta: dict[str, bytes] = {}
@@ -286,7 +327,7 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
         return
     try:
         meta, sync, pos = _parse_container_header(buf)
-        codec = meta.get("avro.codec", b"null").decode() or "null"
+        codec = meta.get("avro.codec", b"null").decode("utf-8", "replace") or "null"
         schema_text = meta.get("avro.schema")
         if schema_text is None:
             raise _Corrupt("no avro.schema in the header")
@@ -298,8 +339,10 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
         for _ in ords.take(1):
             yield _emit(stats, RawAlert(_name(base, 0, always_index, 1), None, f"corrupt avro: {e}"))
         return
-    if codec not in ("null", "deflate"):
-        yield from _decode_with_fastavro(buf, base, ords, always_index)
+    if codec not in CODECS:
+        for _ in ords.take(1):
+            yield _emit(stats, RawAlert(_name(base, 0, always_index, 1), None,
+                                        f"corrupt avro: codec {codec!r} not read (only {', '.join(CODECS)})"))
         return
 
     index = 0  # record index inside this file
@@ -312,6 +355,12 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
             size, pos = _read_long(buf, pos)
             if count < 0 or size < 0 or (count > 0 and size == 0) or count > max(size, 1):
                 raise _Corrupt(f"implausible block header (count={count}, size={size})")
+            if size > MAX_BLOCK_BYTES:
+                raise _Corrupt(f"block of {size} bytes (limit {MAX_BLOCK_BYTES})")
+            if count > MAX_BLOCK_RECORDS:
+                raise _Corrupt(f"block of {count} records (limit {MAX_BLOCK_RECORDS})")
+            if codec == "null" and count * schema.min_size > size:
+                raise _Corrupt(f"block declares {count} records of at least {schema.min_size} bytes in {size} bytes")
         except _Corrupt as e:
             for _ in ords.take(1):
                 yield _emit(stats, RawAlert(_name(base, index, always_index, 2 if index else 1), None,
@@ -334,14 +383,20 @@ def _decode_container(buf: bytes, base: str, ords: _Ordinals, always_index: bool
             return
         if mine:
             data = buf[pos:end]
-            if codec == "deflate":
+            if codec != "null":
                 try:
-                    data = zlib.decompress(data, -15)
-                except zlib.error as e:
+                    data = _inflate_block(codec, data)
+                except (_Corrupt, zlib.error, OSError, EOFError, ValueError, lzma.LZMAError) as e:
                     for j in mine:
                         yield _emit(stats, RawAlert(_name(base, index + j, always_index, total), None,
-                                                    f"corrupt avro: deflate block at byte {block_start}: {e}"))
+                                                    f"corrupt avro: {codec} block at byte {block_start}: {e}"))
                     data = None
+            if data is not None and count * schema.min_size > len(data):
+                for j in mine:
+                    yield _emit(stats, RawAlert(_name(base, index + j, always_index, total), None,
+                                                f"corrupt avro: {codec} block at byte {block_start} declares {count} "
+                                                f"records of at least {schema.min_size} bytes in {len(data)} bytes"))
+                data = None
             if data is not None:
                 yield from _decode_block(data, schema, count, mine, base, index, always_index, total, stats)
         index += count
@@ -391,30 +446,44 @@ def _decode_block(data: bytes, decode, count: int, mine: list[int], base: str, i
             return
 
 
-def _decode_with_fastavro(buf: bytes, base: str, ords: _Ordinals, always_index: bool) -> Iterator[RawAlert]:
-    """Uncommon codecs (snappy, zstandard, ...): fastavro's own reader, one record at a time."""
-    stats = ords.stats
-    i = 0
-    try:
-        reader = fastavro.reader(io.BytesIO(buf))
-        for rec in reader:
-            for _ in ords.take(1):
-                yield _emit(stats, RawAlert(_name(base, i, always_index, 2), project(rec, ords.projection)))
-            i += 1
-    except Exception as e:
-        for _ in ords.take(1):
-            yield _emit(stats, RawAlert(_name(base, i, always_index, 2 if i else 1), None,
-                                        f"corrupt avro: {type(e).__name__}: {e}"))
+def _inflate_block(codec: str, data: bytes, limit: int = MAX_BLOCK_BYTES) -> bytes:
+    """A compressed container block -> its bytes, refusing (before allocating) more than `limit` of output."""
+    if codec == "deflate":
+        d = zlib.decompressobj(-15)
+        out = d.decompress(data, limit + 1)
+        done = d.eof
+    elif codec == "bzip2":
+        d = bz2.BZ2Decompressor()
+        out = d.decompress(data, limit + 1)
+        done = d.eof
+    else:  # xz (fastavro writes lzma's default .xz container)
+        d = lzma.LZMADecompressor()
+        out = d.decompress(data, limit + 1)
+        done = d.eof
+    if len(out) > limit:
+        raise _Corrupt(f"block inflates to more than {limit} bytes")
+    if not done:
+        raise _Corrupt("truncated compressed block")
+    return out
 
 
-def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = None) -> list[RawAlert]:
-    """One avro container (a Kafka message, or a file's bytes) -> its records.
+def decode_avro_bytes(data: bytes, source: str, *, projection: dict | None = None,
+                      max_records: int = MAX_MESSAGE_RECORDS) -> list[RawAlert]:
+    """One avro container (a Kafka message, or a file's bytes) -> its records (at most `max_records`, then one
+    error row for the rest: a message's declared record count is the sender's, not a promise).
 
     The source is used as is for a single-record container, "<source>#<i>" when it holds several.
     `projection=SCORING_PROJECTION` decodes only what scoring needs (faster).
     """
     ords = _Ordinals(1, 0, ReadStats(), projection)
-    return list(_decode_container(bytes(data), source, ords, always_index=False))
+    out = []
+    for a in _decode_container(bytes(data), source, ords, always_index=False):
+        if len(out) == max_records:  # a message is one alert in ZTF: far more is an attack, not a stream
+            out.append(RawAlert(f"{source}#{max_records}+", None,
+                                f"corrupt avro: message holds more than {max_records} records; the rest is not read"))
+            break
+        out.append(a)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- parquet

@@ -16,6 +16,7 @@ import dataclasses
 import os
 import queue
 import sys
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -359,14 +360,49 @@ def check_table_path(path: str | os.PathLike) -> Path:
 
 
 def write_table(df: pd.DataFrame, path: str | os.PathLike) -> Path:
-    """Write a table as .csv or .parquet (by the file name); parent folders are created."""
+    """Write a table as .csv or .parquet (by the file name); parent folders are created.
+
+    Whole or absent: written to a temporary file beside the target, fsynced, then renamed over it (atomic on one
+    file system), so a kill or a full disk mid-write leaves the previous file (or none), never a truncated one;
+    a failed write removes its temporary file and raises."""
     p = check_table_path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
-    if p.suffix.lower() == ".csv":
-        df.to_csv(p, index=False)
-    else:
-        df.to_parquet(p, index=False)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if p.suffix.lower() == ".csv":
+                df.to_csv(f, index=False)
+            else:
+                df.to_parquet(f, index=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a table gets the usual permissions
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:  # the rename itself survives a power cut once the folder is synced
+        dfd = os.open(p.parent, os.O_RDONLY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError:  # not every file system lets a folder be synced
+        pass
     return p
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for every thread, for a moment)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    return 0o022
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:

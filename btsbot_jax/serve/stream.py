@@ -18,6 +18,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import dataclasses
+import itertools
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from btsbot_jax.serve import kafka_config
 from btsbot_jax.serve.stream_batch import Batch, decode_batch, score_rows
 from btsbot_jax.serve.stream_sink import (
     REJECTED_COLUMNS,
@@ -76,6 +78,9 @@ DEFAULT_PRODUCER_CONFIG = {
 # Fatal commit errors that only mean "this partition is no longer ours": the next owner re-scores the batch.
 _REBALANCE_ERRORS = {"REBALANCE_IN_PROGRESS", "ILLEGAL_GENERATION", "UNKNOWN_MEMBER_ID", "_ASSIGNMENT_LOST",
                      "FENCED_INSTANCE_ID", "_STATE", "_NO_OFFSET"}
+# Commit errors of a broker that is away (down, restarting, electing a coordinator): wait and retry.
+_TRANSIENT_ERRORS = {"_TRANSPORT", "_TIMED_OUT", "_WAIT_COORD", "_ALL_BROKERS_DOWN", "COORDINATOR_NOT_AVAILABLE",
+                     "NOT_COORDINATOR", "COORDINATOR_LOAD_IN_PROGRESS", "REQUEST_TIMED_OUT", "NETWORK_EXCEPTION"}
 
 @dataclasses.dataclass
 class StreamConfig:
@@ -116,6 +121,12 @@ class StreamConfig:
             if str(got).lower() != str(want).lower():
                 raise ValueError(f"consumer setting {key}={got} would break at-least-once delivery; it must be {want}")
 
+    def __repr__(self) -> str:  # the client settings may hold secrets (sasl.password, ...): never in a log line
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        fields["consumer_config"] = kafka_config.redact(self.consumer_config)
+        fields["producer_config"] = kafka_config.redact(self.producer_config)
+        return f"StreamConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
     def consumer_conf(self) -> dict[str, Any]:
         conf = {"bootstrap.servers": self.bootstrap_servers, "group.id": self.group_id,
                 "client.id": f"btsbot-stream-{socket.gethostname()}-{os.getpid()}"}
@@ -133,22 +144,9 @@ class StreamConfig:
 
 
 def parse_config_pairs(pairs: Iterable[str]) -> dict[str, Any]:
-    """`["fetch.wait.max.ms=100", ...]` -> dict; ints and booleans are converted (librdkafka accepts strings too)."""
-    out: dict[str, Any] = {}
-    for pair in pairs or ():
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ValueError(f"expected key=value, got {pair!r}")
-        v: Any = value.strip()
-        if v.lower() in ("true", "false"):
-            v = v.lower() == "true"
-        else:
-            try:
-                v = int(v)
-            except ValueError:
-                pass
-        out[key.strip()] = v
-    return out
+    """`["fetch.wait.max.ms=100", "sasl.password=@/run/secrets/pw", ...]` -> dict: see `kafka_config` (values
+    from files / the environment; ints and booleans converted; a ConfigError, a ValueError, names a bad pair)."""
+    return kafka_config.parse_config_pairs(pairs)
 
 
 # ------------------------------------------------------------------------------------------------ the scorer
@@ -231,6 +229,8 @@ class StreamScorer:
                                  on_lost=self._on_lost)
         self.log.info("consuming %s as group %s (model %s, max_batch %d, max_wait_ms %d)",
                       ",".join(cfg.topics), cfg.group_id, self.model_version, cfg.max_batch, cfg.max_wait_ms)
+        self.log.info("consumer settings %s; producer settings %s", kafka_config.redact(cfg.consumer_conf()),
+                      kafka_config.redact(cfg.producer_conf()))
         next_log = time.monotonic() + cfg.log_every_s
         self._progress.restart()
         self._last_activity = time.monotonic()
@@ -356,7 +356,10 @@ class StreamScorer:
             key = (m.topic(), m.partition())
             last[key] = max(last.get(key, -1), m.offset())
         offsets = [TopicPartition(t, p, o + 1) for (t, p), o in sorted(last.items())]
-        for attempt in range(3):
+        # A broker that is down or restarting refuses commits for a while: retry until flush_timeout_s (the same
+        # patience the results got) rather than give up, so the scorer rides out a broker restart by itself.
+        deadline = time.monotonic() + self.config.flush_timeout_s
+        for attempt in itertools.count():
             try:
                 out = self._consumer.commit(offsets=offsets, asynchronous=False)
                 break
@@ -369,10 +372,11 @@ class StreamScorer:
                     self.log.warning("commit of %s failed (%s); the next owner re-scores these alerts",
                                      _fmt_partitions(offsets), err)
                     return
-                if err.fatal() or not err.retriable() or attempt == 2:
+                transient = err.retriable() or err.name() in _TRANSIENT_ERRORS
+                if err.fatal() or not transient or time.monotonic() >= deadline:
                     raise StreamError(f"offset commit refused: {err}") from e
                 self.log.warning("commit failed (%s), retrying", err)
-                time.sleep(0.5 * (attempt + 1))
+                time.sleep(min(0.5 * (attempt + 1), 5.0))
         bad = [tp for tp in out or () if tp.error is not None]
         if bad:
             self.stats.commit_failures += 1
