@@ -45,7 +45,7 @@ flags.DEFINE_bool("quick", False, "Smoke mode: batch 1 and 64, 2 short rounds, p
 flags.DEFINE_list("pairs", [], "Pairs to run (default: jax_vs_tf, jax_vs_ort, int8_vs_ort, aa_jax, aa_ort).")
 flags.DEFINE_list("batch_sizes", ["1", "64", "512"], "Batch sizes.")
 flags.DEFINE_integer("rounds", 6, "Rounds per batch size (each round times A then B, or B then A).")
-flags.DEFINE_float("slice_seconds", 1.2, "Seconds each runtime runs per round (at least 2 calls; 1 at batch >= 256).")
+flags.DEFINE_float("slice_seconds", 1.0, "Seconds each runtime runs per round (at least 2 calls; 1 at batch >= 256).")
 flags.DEFINE_string("checkpoint", None, "Model directory (default: v1.0.1 imported from ../shared/data).")
 flags.DEFINE_string("int8", None, "An onnx_int8 export directory to measure (default: quantise the ONNX export here "
                     "with quantize.DEFAULT_CONFIG, calibrated on simulated-like benchmark inputs; the speed of the "
@@ -202,17 +202,51 @@ def _main(argv):
     common.log(f"pairwise benchmark on {info['cpu_model']} ({info['cpu_cores_usable']} cores); "
                f"load average {info['load_average_at_start']}; pairs {pairs}")
     ceil_before = _ceiling(quick)
-    results = {}
+    results: dict = {}
+    stem = FLAGS.tag or "pairwise_" + __import__("jax").default_backend() + ("_quick" if quick else "")
+    json_path, md_path = Path(FLAGS.out_dir) / f"{stem}.json", Path(FLAGS.out_dir) / f"{stem}.md"
+    prep: dict = {}
+
+    def write(ceil_after: dict | None) -> dict:
+        """The report so far (written after every pair, so a run cut short still leaves its finished pairs)."""
+        gf = max(ceil_before["best_gflops"], (ceil_after or ceil_before)["best_gflops"])
+        flops = common.mm_cnn_flops()
+        report = {
+            "benchmark": "pairwise_inference",
+            "machine": common.finish_machine_info(dict(info)),
+            "config": {"quick": quick, "pairs": pairs, "batch_sizes": batches, "rounds": rounds,
+                       "slice_seconds": slice_s, "onnxruntime_spinning": False, "complete": ceil_after is not None,
+                       "wall_seconds": round(time.perf_counter() - t_start, 1)},
+            "model": {"source": prep.get("model_source"), "int8": prep.get("int8_source"), "flops_per_alert": flops},
+            "compute_limit": {"before": ceil_before, "after": ceil_after, "best_gflops": gf,
+                              "alerts_per_s": round(gf * 1e9 / flops, 1),
+                              "note": "jitted 1024x1024 float32 matmul in its own process, before and after the "
+                                      "pairs"},
+            "pairs": results,
+            "ratios": {p: {bs: {k: r[k] for k in ("ratio_median", "ratio_min", "ratio_max", "ratio_iqr")}
+                           for bs, r in res["batches"].items()} for p, res in results.items()},
+            "fraction_of_compute_limit": {
+                p: {bs: {side: round(r[side]["throughput"] * flops / (gf * 1e9), 4) for side in ("a", "b")}
+                    for bs, r in res["batches"].items()} for p, res in results.items()},
+            "targets": [{"pair": p, "batch": bs, "threshold": thr, "ratio_median": r["ratio_median"],
+                         "met": r["ratio_median"] >= thr}
+                        for p, thr in TARGETS.items() if p in results for bs, r in results[p]["batches"].items()],
+            "skipped": skipped,
+        }
+        common.write_json(json_path, report)
+        md_path.write_text(markdown(report))
+        return report
+
     with tempfile.TemporaryDirectory(prefix="btsbot-pairwise-") as tmp:
         work = Path(tmp)
-        prep = prepare(work, {r for p in pairs for r in PAIRS[p]})
+        prep.update(prepare(work, {r for p in pairs for r in PAIRS[p]}))
         common.log(f"prepared in {time.perf_counter() - t_start:.0f} s: {prep}")
         for pair in pairs:
             out = work / f"{pair}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), f"--worker={pair}", f"--worker_out={out}",
                    f"--workdir={work}", f"--batch_sizes={','.join(map(str, batches))}", f"--rounds={FLAGS.rounds}",
                    f"--slice_seconds={FLAGS.slice_seconds}"] + (["--quick"] if quick else [])
-            common.log(f"pair {pair}: fresh process")
+            common.log(f"pair {pair}: fresh process ({time.perf_counter() - t_start:.0f} s so far)")
             proc = subprocess.run(cmd, text=True, capture_output=True, timeout=900)
             sys.stdout.write("".join(line + "\n" for line in proc.stdout.splitlines() if line.startswith("  ")))
             if proc.returncode != 0:
@@ -220,36 +254,9 @@ def _main(argv):
                 common.log(f"pair {pair} FAILED: {proc.stderr[-800:]}")
                 continue
             results[pair] = json.loads(out.read_text())
-    ceil_after = _ceiling(quick)
-    info = common.finish_machine_info(info)
-    gf = max(ceil_before["best_gflops"], ceil_after["best_gflops"])
-    flops = common.mm_cnn_flops()
-    fractions = {p: {bs: {side: round(r[side]["throughput"] * flops / (gf * 1e9), 4) for side in ("a", "b")}
-                     for bs, r in res["batches"].items()} for p, res in results.items()}
-    targets = [{"pair": p, "batch": bs, "threshold": thr, "ratio_median": r["ratio_median"],
-                "met": r["ratio_median"] >= thr}
-               for p, thr in TARGETS.items() if p in results for bs, r in results[p]["batches"].items()]
-    report = {
-        "benchmark": "pairwise_inference",
-        "machine": info,
-        "config": {"quick": quick, "pairs": pairs, "batch_sizes": batches, "rounds": rounds, "slice_seconds": slice_s,
-                   "onnxruntime_spinning": False, "wall_seconds": round(time.perf_counter() - t_start, 1)},
-        "model": {"source": prep["model_source"], "int8": prep.get("int8_source"), "flops_per_alert": flops},
-        "compute_limit": {"before": ceil_before, "after": ceil_after, "best_gflops": gf,
-                          "alerts_per_s": round(gf * 1e9 / flops, 1),
-                          "note": "jitted 1024x1024 float32 matmul in its own process, before and after the pairs"},
-        "pairs": results,
-        "ratios": {p: {bs: {k: r[k] for k in ("ratio_median", "ratio_min", "ratio_max", "ratio_iqr")}
-                       for bs, r in res["batches"].items()} for p, res in results.items()},
-        "fraction_of_compute_limit": fractions,
-        "targets": targets,
-        "skipped": skipped,
-    }
-    stem = FLAGS.tag or "pairwise_" + __import__("jax").default_backend() + ("_quick" if quick else "")
-    path = common.write_json(Path(FLAGS.out_dir) / f"{stem}.json", report)
-    md = Path(FLAGS.out_dir) / f"{stem}.md"
-    md.write_text(markdown(report))
-    common.log(f"wrote {path} and {md} in {time.perf_counter() - t_start:.0f} s")
+            write(None)
+    report = write(_ceiling(quick))
+    common.log(f"wrote {json_path} and {md_path} in {time.perf_counter() - t_start:.0f} s")
     print(markdown(report))
 
 

@@ -33,9 +33,11 @@ def test_agreement_counts_flips_and_differences():
 
 def test_config_names_and_excluded_nodes():
     c = q.QuantConfig("minmax", ("conv1", "metadata", "head"))
-    assert c.nodes_to_exclude() == sorted(["image/conv1/conv", "metadata/fc1/gemm", "metadata/fc2/gemm",
-                                           "head/fc/gemm", "head/out/gemm"])
-    assert c.name == "minmax,float[conv1+metadata+head]"
+    assert c.nodes_to_exclude() == sorted(["image/conv1/conv", "metadata/fc1/gemm", "metadata/fc1/relu",
+                                           "metadata/fc2/gemm", "metadata/fc2/relu", "head/fc/gemm", "head/fc/relu",
+                                           "head/out/gemm"])
+    assert c.name == "minmax,float[conv1+metadata+head],bias-corrected"
+    assert q.QuantConfig("minmax", ("conv1",)).name == "minmax,float[conv1]"  # final Dense int8: nothing to correct
     with pytest.raises(q.QuantizationError, match="unknown node group"):
         q.QuantConfig("minmax", ("conv9",)).nodes_to_exclude()
     assert q.DEFAULT_CONFIG in q.DEFAULT_CANDIDATES

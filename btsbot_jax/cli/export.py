@@ -3,7 +3,7 @@
 CKPT is a model directory or a training workdir (its best/ checkpoint). Every export is checked against the Flax
 model before it is written; the measured max difference is printed and recorded in DIR/model_card.json.
 onnx_int8 is calibrated on a simulated survey and the packets under --calibration_packets, and checked by the
-fraction of decisions at 0.5 identical to float32 on held-out inputs (see docs/export.md).
+fraction of decisions at 0.5 identical to float32 on held-out inputs (see docs/int8.md).
 """
 
 import sys

@@ -39,10 +39,11 @@ MIN_IDENTICAL = 0.995  # identical decisions required of an int8 export on its h
 THRESHOLD = 0.5  # the decision threshold of the paper's policies (Rehemtulla et al. 2024, Sec. 5)
 METHODS = ("minmax", "entropy", "percentile")
 # Node names of the hand-built graph (btsbot_jax.inference.export.build_onnx) that may stay in float32.
+# A float group takes its ReLUs along, so no quantise/dequantise pair is left between two float ops.
 SENSITIVE = {
     "conv1": ("image/conv1/conv",),
-    "metadata": ("metadata/fc1/gemm", "metadata/fc2/gemm"),
-    "head": ("head/fc/gemm", "head/out/gemm"),
+    "metadata": ("metadata/fc1/gemm", "metadata/fc1/relu", "metadata/fc2/gemm", "metadata/fc2/relu"),
+    "head": ("head/fc/gemm", "head/fc/relu", "head/out/gemm"),
     "out": ("head/out/gemm",),
 }
 # Ops quantised at all: the heavy ones (convolutions, dense layers) and the cheap ones between them that would
@@ -82,7 +83,7 @@ class QuantConfig:
 
 
 # The dense layers (metadata branch and head, < 0.1% of the FLOPs) always stay float in the default candidates:
-# quantising them flips a large share of the decisions whatever the calibration (docs/export.md has the figures).
+# quantising them flips a large share of the decisions whatever the calibration (docs/int8.md has the figures).
 DEFAULT_CANDIDATES: tuple[QuantConfig, ...] = tuple(
     QuantConfig(method, keep) for method in METHODS for keep in (("metadata", "head"), ("conv1", "metadata", "head"))
 )
