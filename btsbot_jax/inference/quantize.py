@@ -184,13 +184,31 @@ def quantize(float_onnx: str | os.PathLike, out_onnx: str | os.PathLike, triplet
         extra["CalibPercentile"] = config.percentile
     out_onnx = Path(out_onnx)
     out_onnx.parent.mkdir(parents=True, exist_ok=True)
-    quantize_static(  # calibration's augmented model goes to a temporary directory of onnxruntime's own
-        str(float_onnx), str(out_onnx), reader,
-        quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
-        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False,
-        op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=config.nodes_to_exclude(),
-        calibrate_method=method, extra_options=extra, calibration_providers=["CPUExecutionProvider"],
-    )
+    with tempfile.TemporaryDirectory(prefix="btsbot-quant-") as tmp:
+        cache = None
+        if config.method == "entropy":
+            # quantize_static cannot pass the histogram size to the entropy calibrator, and with its default (128
+            # bins, 128 quantised bins) the only threshold it can pick for a ReLU output is the full range, i.e.
+            # MinMax. Calibrate here with 2048 bins (the usual TensorRT-style setting) and hand the ranges over as
+            # quantize_static's calibration cache.
+            from onnxruntime.quantization.calibrate import create_calibrator, save_tensors_data
+
+            cal = create_calibrator(Path(float_onnx), list(OP_TYPES),
+                                    augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                    calibrate_method=method, providers=["CPUExecutionProvider"],
+                                    extra_options={"num_bins": 2048, "num_quantized_bins": 128, "symmetric": False})
+            cal.collect_data(reader)
+            cache = Path(tmp) / "ranges.json"
+            save_tensors_data(cal.compute_data(), cache)
+            reader.rewind()
+        quantize_static(  # calibration's augmented model goes to a temporary directory of onnxruntime's own
+            str(float_onnx), str(out_onnx), reader,
+            quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8, reduce_range=False,
+            op_types_to_quantize=list(OP_TYPES), nodes_to_exclude=config.nodes_to_exclude(),
+            calibrate_method=method, extra_options=extra, calibration_providers=["CPUExecutionProvider"],
+            calibration_cache_path=cache,
+        )
     if config.bias_correction and "out" in config.float_groups():
         _correct_output_bias(float_onnx, out_onnx, triplets, metadata)
     return out_onnx
