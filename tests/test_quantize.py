@@ -100,7 +100,7 @@ def test_v101_int8_policies_on_simulated_test_split(v101_int8, v101_checkpoint, 
     from btsbot_jax.sim.pipeline import SimConfig, simulate
 
     out, _ = v101_int8
-    simulate(tmp_path / "sim", SimConfig(num_sources=150, seed=77, workers=1, keep_packets=False))
+    simulate(tmp_path / "sim", SimConfig(num_sources=300, seed=77, workers=1, keep_packets=False))
     split = load_split(tmp_path / "sim", "test", mmap=False)
     f32 = load_scorer(v101_checkpoint)(split.triplets, split.metadata)
     i8 = load_scorer(out)(split.triplets, split.metadata)
