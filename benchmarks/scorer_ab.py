@@ -119,7 +119,8 @@ def _main(argv):
                 out["results"][str(b)][name] = row
                 common.log(f"batch {b} {name}: {row}")
     common.finish_machine_info(info)
-    path = common.write_json(Path(FLAGS.out_dir) / ("scorer_ab_cpu" + ("_quick" if quick else "") + ".json"), out)
+    stem = f"scorer_ab_{jax.default_backend()}" + ("_quick" if quick else "")  # the options are XLA:CPU's
+    path = common.write_json(Path(FLAGS.out_dir) / f"{stem}.json", out)
     common.log(f"wrote {path}")
 
 

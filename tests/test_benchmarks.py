@@ -224,3 +224,21 @@ def test_pairwise_quick(tmp_path):
         assert p["batches"]["64"]["max_abs_score_difference"] < (1e-6 if name == "aa_ort" else 0.5)
     rows = [line for line in md.read_text().splitlines() if line.startswith("| aa_ort") or line.startswith("| int8")]
     assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_scorer_ab_quick(tmp_path):
+    """Compile-option variants of the scorer are checked against the default before they are timed."""
+    out = tmp_path / "ab"
+    proc = subprocess.run([sys.executable, str(BENCH / "scorer_ab.py"), "--quick", f"--out_dir={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "scorer_ab_cpu_quick.json").read_text())
+    _check_machine(r["machine"])
+    rows = r["results"]["64"]
+    assert set(rows) == {"aa_default", "no_ynn"}
+    assert rows["aa_default"]["max_abs_diff_vs_default"] == 0.0
+    for row in rows.values():
+        assert row["max_abs_diff_vs_default"] <= 1e-6 and "error" not in row
+        assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
+        assert row["variant_per_s"] > 0 and row["default_per_s"] > 0
