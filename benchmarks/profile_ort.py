@@ -31,7 +31,7 @@ flags.DEFINE_integer("calls", 4, "Profiled calls (plus one first call).")
 flags.DEFINE_string("out", str(common.RESULTS_DIR / "profile_ort_cpu.json"), "JSON path.")
 
 
-def profile(model_path: Path, batch: int, calls: int) -> dict:
+def profile(model_path: Path, batch: int, calls: int, trace_dir: Path) -> dict:
     import onnxruntime as ort
 
     t, m = common.make_inputs(batch, seed=batch)
@@ -39,6 +39,7 @@ def profile(model_path: Path, batch: int, calls: int) -> dict:
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     so.add_session_config_entry("session.inter_op.allow_spinning", "0")
     so.enable_profiling = True
+    so.profile_file_prefix = str(trace_dir / f"ort_{model_path.parent.name}")  # not into the working directory
     sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     for _ in range(calls + 1):  # the first call's one-off costs are in the profile too, spread over the calls
         sess.run(None, {"triplet": t, "metadata": m})
@@ -73,7 +74,7 @@ def _main(argv):
         if FLAGS.int8:
             models["int8"] = Path(FLAGS.int8) / ARTIFACTS["onnx"]
         for name, path in models.items():
-            r = profile(path, FLAGS.batch, FLAGS.calls)
+            r = profile(path, FLAGS.batch, FLAGS.calls, Path(tmp))
             out["models"][name] = r
             print(f"{name}: {r['op_time_ms']:.1f} ms of op time over {r['calls']} calls at batch {FLAGS.batch}")
             for k, v in list(r["by_op_type"].items())[:8]:
