@@ -192,3 +192,53 @@ def test_image_branch_skipped_rows_change_nothing(image_size, kernel):
     ours, ref = np.asarray(im(x)), np.asarray(plain(x))
     assert ours.shape == ref.shape == (3, im.out_features)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=1e-6 * np.abs(ref).max())
+
+
+@pytest.mark.slow
+def test_pairwise_quick(tmp_path):
+    """Each pair in its own process, A/A included: the JSON has per-round ratios whose median/min/max are
+    consistent, the markdown table has one row per (pair, batch), and int8 vs float ONNX ran."""
+    out = tmp_path / "pairwise"
+    proc = subprocess.run([sys.executable, str(BENCH / "pairwise.py"), "--quick", f"--out_dir={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (js,), (md,) = sorted(out.glob("*.json")), sorted(out.glob("*.md"))
+    r = json.loads(js.read_text())
+    _check_machine(r["machine"])
+    assert r["benchmark"] == "pairwise_inference" and r["config"]["onnxruntime_spinning"] is False
+    assert set(r["pairs"]) == {"aa_ort", "int8_vs_ort"} and not r["skipped"]
+    assert r["compute_limit"]["best_gflops"] > 0
+    for name, p in r["pairs"].items():
+        assert (p["a"], p["b"]) == {"aa_ort": ("onnx", "onnx"), "int8_vs_ort": ("onnx_int8", "onnx")}[name]
+        for b in ("1", "64"):
+            x = p["batches"][b]
+            _check_summary(x["a"], int(b))
+            _check_summary(x["b"], int(b))
+            per = x["ratio_per_round"]
+            assert len(per) == 2 and x["ratio_min"] == min(per) and x["ratio_max"] == max(per)
+            assert x["ratio_min"] <= x["ratio_median"] <= x["ratio_max"]
+            assert r["ratios"][name][b]["ratio_median"] == x["ratio_median"]
+            frac = r["fraction_of_compute_limit"][name][b]["a"]
+            assert frac == pytest.approx(x["a"]["throughput"] * common.mm_cnn_flops()
+                                         / (r["compute_limit"]["best_gflops"] * 1e9), rel=1e-3)
+        assert p["batches"]["64"]["max_abs_score_difference"] < (1e-6 if name == "aa_ort" else 0.5)
+    rows = [line for line in md.read_text().splitlines() if line.startswith("| aa_ort") or line.startswith("| int8")]
+    assert len(rows) == 4
+
+
+@pytest.mark.slow
+def test_scorer_ab_quick(tmp_path):
+    """Compile-option variants of the scorer are checked against the default before they are timed."""
+    out = tmp_path / "ab"
+    proc = subprocess.run([sys.executable, str(BENCH / "scorer_ab.py"), "--quick", f"--out_dir={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "scorer_ab_cpu_quick.json").read_text())
+    _check_machine(r["machine"])
+    rows = r["results"]["64"]
+    assert set(rows) == {"aa_default", "no_ynn"}
+    assert rows["aa_default"]["max_abs_diff_vs_default"] == 0.0
+    for row in rows.values():
+        assert row["max_abs_diff_vs_default"] <= 1e-6 and "error" not in row
+        assert row["ratio_min"] <= row["ratio_median"] <= row["ratio_max"]
+        assert row["variant_per_s"] > 0 and row["default_per_s"] > 0

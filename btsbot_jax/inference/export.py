@@ -77,7 +77,8 @@ from btsbot_jax.inference.runtimes import (
 from btsbot_jax.models import V2_ARCHITECTURES, is_v2
 
 FORMATS = tuple(EXPORT_FORMATS)  # ("stablehlo", "onnx", "savedmodel")
-CHOICES = (*FORMATS, "all")
+QUANTIZED = ("onnx_int8",)  # reduced precision: btsbot_jax.inference.quantize (not part of "all")
+CHOICES = (*FORMATS, *QUANTIZED, "all")
 TOLERANCE = 1e-5  # max |export - flax| on the probe scores
 TOLERANCE_V2 = 1e-4  # v2 (deeper float32 graphs; upstream's own ONNX check is rtol 1e-4): scores and ONNX logits
 V2_FORMATS = ("stablehlo", "onnx")  # what `all` writes for a v2 model
@@ -539,11 +540,17 @@ def export_model(
     overwrite: bool = False,
     platforms: Sequence[str] = DEFAULT_PLATFORMS,
     n_probe: int = 48,
+    int8_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Export CHECKPOINT (a model directory or a training workdir) to OUT_DIR; returns the written model card.
 
-    `fmt` is one of stablehlo, onnx, savedmodel, all. The export is verified against the Flax model before it
-    is moved into place (see the module docstring)."""
+    `fmt` is one of stablehlo, onnx, savedmodel, all, or onnx_int8 (calibrated int8 ONNX, checked by decision
+    agreement with float32 instead; `int8_options` go to `btsbot_jax.inference.quantize.export_int8`). The export
+    is verified against the Flax model before it is moved into place (see the module docstring)."""
+    if fmt == "onnx_int8":
+        from btsbot_jax.inference.quantize import export_int8
+
+        return export_int8(checkpoint, out_dir, overwrite=overwrite, **(int8_options or {}))
     if fmt not in CHOICES:
         raise ExportError(f"unsupported export format {fmt!r}; expected one of {', '.join(CHOICES)}")
     bad = [p for p in platforms if p not in KNOWN_PLATFORMS]

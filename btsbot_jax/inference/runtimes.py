@@ -49,6 +49,9 @@ ONNX_FORMAT = "btsbot-jax/onnx"
 SAVEDMODEL_FORMAT = "btsbot-jax/savedmodel"
 ALL_FORMAT = "btsbot-jax/export-all"
 EXPORT_FORMATS = {"stablehlo": STABLEHLO_FORMAT, "onnx": ONNX_FORMAT, "savedmodel": SAVEDMODEL_FORMAT}
+# Reduced-precision exports (btsbot_jax.inference.quantize): not part of `all`, loaded by the runtime of their format.
+ONNX_INT8_FORMAT = "btsbot-jax/onnx-int8"
+QUANTIZED_FORMATS = {"onnx_int8": ONNX_INT8_FORMAT}
 ARTIFACTS = {"stablehlo": "model.jax_export", "onnx": "model.onnx", "savedmodel": "saved_model.pb"}
 DEFAULT_RUNTIME = "stablehlo"
 # Names and shapes of the published v1.0.1 serving signature (as Kowalski and BOOM call it), shared by ONNX and
@@ -75,7 +78,7 @@ def read_export_card(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def is_export_card(card: dict[str, Any]) -> bool:
-    return card.get("format") in (*EXPORT_FORMATS.values(), ALL_FORMAT)
+    return card.get("format") in (*EXPORT_FORMATS.values(), *QUANTIZED_FORMATS.values(), ALL_FORMAT)
 
 
 class RuntimeScorer:
@@ -190,18 +193,29 @@ class StableHLOScorer(RuntimeScorer):
 
 
 class OnnxScorer(RuntimeScorer):
-    """onnxruntime session over `model.onnx` (CUDA provider first where the installed onnxruntime has it)."""
+    """onnxruntime session over `model.onnx` (float32, or the int8 QDQ graph of an onnx_int8 export; CUDA provider
+    first where the installed onnxruntime has it).
+
+    The session's worker threads do not spin-wait between calls (`allow_spinning=0`) unless `spinning=True`: in
+    btsbot-score and btsbot-stream the model alternates with packet decoding in the same process, and spinning
+    threads would hold the cores the decoder needs."""
 
     runtime = "onnx"
 
-    def __init__(self, export_dir, card=None, providers: Sequence[str] | None = None, **kwargs):
+    def __init__(self, export_dir, card=None, providers: Sequence[str] | None = None, spinning: bool = False,
+                 **kwargs):
         self._providers = providers
+        self._spinning = bool(spinning)
         super().__init__(export_dir, card, **kwargs)
 
     def _open(self, artifact: Path) -> None:
         import onnxruntime as ort
 
-        self.session = ort.InferenceSession(str(artifact), providers=self._providers or onnx_providers())
+        options = ort.SessionOptions()
+        if not self._spinning:  # idle intra/inter-op threads must not spin on the cores other work needs
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+            options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(artifact), options, providers=self._providers or onnx_providers())
         names = tuple(i.name for i in self.session.get_inputs())
         outputs = tuple(o.name for o in self.session.get_outputs())
         # v1: triplet NHWC + metadata -> fc_out (score). v2 (upstream's signature, what BOOM loads): image NCHW
@@ -299,7 +313,7 @@ def load_exported(
         if name not in exports:
             raise ExportFormatError(f"{path}: this export holds {sorted(exports)}, not {name!r}")
         return load_exported(path / exports[name], buckets=buckets, architecture=architecture)
-    by_format = {v: k for k, v in EXPORT_FORMATS.items()}
+    by_format = {v: k for k, v in {**EXPORT_FORMATS, **QUANTIZED_FORMATS}.items()}
     if fmt not in by_format:
         raise ExportFormatError(
             f"{path}: model card format {fmt!r} is not an export; expected one of "
@@ -314,10 +328,13 @@ def load_exported(
         )
     if name == "stablehlo":
         return StableHLOScorer(path, card, buckets=buckets)
+    if name == "onnx_int8":  # an int8 QDQ graph loads like the float one
+        return OnnxScorer(path, card)
     return RUNTIMES[name](path, card)
 
 
 __all__ = [
-    "ALL_FORMAT", "ARTIFACTS", "EXPORT_FORMATS", "ExportFormatError", "OnnxScorer", "RuntimeScorer",
-    "SavedModelScorer", "StableHLOScorer", "is_export_card", "load_exported", "onnx_providers", "read_export_card",
+    "ALL_FORMAT", "ARTIFACTS", "EXPORT_FORMATS", "ExportFormatError", "ONNX_INT8_FORMAT", "QUANTIZED_FORMATS",
+    "OnnxScorer", "RuntimeScorer", "SavedModelScorer", "StableHLOScorer", "is_export_card", "load_exported",
+    "onnx_providers", "read_export_card",
 ]

@@ -1,0 +1,132 @@
+"""A/B of XLA CPU compile options for the scorer's forward pass: the evidence for (or against) changing scorer.py.
+
+    python benchmarks/scorer_ab.py                       # every variant vs XLA's defaults, batch 64 and 512
+    python benchmarks/scorer_ab.py --quick
+    python benchmarks/scorer_ab.py --variants=no_ynn,onednn --batch_sizes=64
+
+Each variant is the scorer's very jitted function (`Scorer._predict`, the v1.0.1 weights) compiled with extra
+`compiler_options` (`jax.jit(...).lower(...).compile(compiler_options=...)`): nothing else changes. Its scores must
+stay within 1e-6 of the default's (else it is reported and not timed), then default and variant alternate slice
+by slice (A/B pairs, order swapped every round) and the per-round ratio gives the median and spread. A/A (the
+default compiled twice) shows the method's own noise.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_bool("quick", False, "Smoke mode: batch 64, 2 short rounds, two variants.")
+flags.DEFINE_list("variants", [], "Variants (default: all of VARIANTS).")
+flags.DEFINE_list("batch_sizes", ["64", "512"], "Batch sizes.")
+flags.DEFINE_integer("rounds", 6, "Rounds per pair.")
+flags.DEFINE_float("slice_seconds", 1.0, "Seconds per side per round.")
+flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON goes.")
+
+# name -> compiler_options (DebugOptions fields of XLA's CPU backend)
+VARIANTS = {
+    "aa_default": {},
+    "no_ynn": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "xnn": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_xnnpack": True},
+    "onednn": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_onednn": True},
+    "vector512": {"xla_cpu_prefer_vector_width": 512},
+    "fast_min_max": {"xla_cpu_enable_fast_min_max": True},
+    "concurrency_scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    # not compile options: the same default program run on the batch in chunks of this many rows (smaller
+    # activations per call: 64 alerts' conv1 output alone is 32 MB of float32, more than the caches hold)
+    "chunk8": 8,
+    "chunk16": 16,
+    "chunk32": 32,
+}
+
+
+def _chunked(scorer, rows: int, batch: int):
+    """f(state, t, m) running the default program for `rows`-row chunks of the batch, concatenated."""
+    import jax
+    import jax.numpy as jnp
+
+    if batch % rows:
+        raise ValueError(f"batch {batch} is not a multiple of {rows}")
+    t0, m0 = common.make_inputs(rows)
+    small = scorer._predict.lower(scorer._state, jax.device_put(t0), jax.device_put(m0)).compile()
+
+    def run(state, t, m):
+        return jnp.concatenate([small(state, t[i:i + rows], m[i:i + rows]) for i in range(0, batch, rows)])
+
+    return run
+
+
+def _main(argv):
+    del argv
+    import jax
+
+    from btsbot_jax.inference.scorer import load_scorer
+
+    quick = FLAGS.quick
+    batches = [64] if quick else [int(b) for b in FLAGS.batch_sizes]
+    rounds = 2 if quick else FLAGS.rounds
+    slice_s = 0.2 if quick else FLAGS.slice_seconds
+    names = list(FLAGS.variants) or (["aa_default", "no_ynn"] if quick else list(VARIANTS))
+    info = common.machine_info()
+    out = {"benchmark": "scorer_ab", "machine": info, "variants": {n: VARIANTS[n] for n in names},
+           "config": {"batch_sizes": batches, "rounds": rounds, "slice_seconds": slice_s}, "results": {}}
+    with tempfile.TemporaryDirectory(prefix="btsbot-ab-") as tmp:
+        mdir, src = common.model_dir(Path(tmp))
+        out["model"] = src
+        scorer = load_scorer(mdir, buckets=tuple(sorted(set(batches))))
+        for b in batches:
+            t, m = common.make_inputs(b, seed=b)
+            td, md = jax.device_put(t), jax.device_put(m)
+            lowered = scorer._predict.lower(scorer._state, td, md)
+            base = lowered.compile()
+            ref = np.asarray(base(scorer._state, td, md))
+            out["results"][str(b)] = {}
+            for name in names:
+                try:
+                    if isinstance(VARIANTS[name], int):
+                        var = _chunked(scorer, VARIANTS[name], b)
+                    else:
+                        var = lowered.compile(compiler_options=VARIANTS[name] or None)
+                except Exception as e:  # an option this jaxlib does not know
+                    out["results"][str(b)][name] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
+                    common.log(f"batch {b} {name}: does not compile: {e}")
+                    continue
+                got = np.asarray(var(scorer._state, td, md))
+                diff = float(np.abs(got - ref).max())
+                row = {"max_abs_diff_vs_default": diff}
+                if diff > 1e-6:
+                    row["error"] = "outputs differ by more than 1e-6; not timed"
+                else:
+                    raw = common.interleave(
+                        {"default": lambda f=base, x=td, y=md: f(scorer._state, x, y).block_until_ready(),
+                         name: lambda f=var, x=td, y=md: f(scorer._state, x, y).block_until_ready()},
+                        rounds=rounds, slice_seconds=slice_s, min_calls=2)
+                    a, d = common.summarize(raw[name], b), common.summarize(raw["default"], b)
+                    per = np.asarray(a["throughput_per_round"]) / np.asarray(d["throughput_per_round"])
+                    row.update(variant_per_s=a["throughput"], default_per_s=d["throughput"],
+                               ratio_median=round(float(np.median(per)), 4), ratio_min=round(float(per.min()), 4),
+                               ratio_max=round(float(per.max()), 4))
+                out["results"][str(b)][name] = row
+                common.log(f"batch {b} {name}: {row}")
+    common.finish_machine_info(info)
+    stem = f"scorer_ab_{jax.default_backend()}" + ("_quick" if quick else "")  # the options are XLA:CPU's
+    path = common.write_json(Path(FLAGS.out_dir) / f"{stem}.json", out)
+    common.log(f"wrote {path}")
+
+
+def main():
+    app.run(_main)
+
+
+if __name__ == "__main__":
+    main()
