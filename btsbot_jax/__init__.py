@@ -1,5 +1,6 @@
 """btsbot-jax: BTSbot (Rehemtulla et al. 2024) in JAX/Flax.
 
+BTSbot v2 (Rehemtulla et al. 2025) models are imported from their PyTorch weights with `import_torch`.
 The heavy entry points are imported lazily so `import btsbot_jax` stays cheap (no TensorFlow import).
 """
 
@@ -7,6 +8,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "import_keras": "btsbot_jax.inference.import_keras",
+    "import_torch": "btsbot_jax.inference.import_torch",
     "load_scorer": "btsbot_jax.inference.scorer",
     "Scorer": "btsbot_jax.inference.scorer",
     "create_model": "btsbot_jax.models",

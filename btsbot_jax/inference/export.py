@@ -54,10 +54,13 @@ from btsbot_jax.inference.runtimes import (
     is_export_card,
     load_exported,
 )
+from btsbot_jax.models import V2_ARCHITECTURES, is_v2
 
 FORMATS = tuple(EXPORT_FORMATS)  # ("stablehlo", "onnx", "savedmodel")
 CHOICES = (*FORMATS, "all")
 TOLERANCE = 1e-5  # max |export - flax| on the probe scores
+TOLERANCE_V2 = 1e-4  # v2 (deeper float32 graphs; upstream's own ONNX check is rtol 1e-4): scores and ONNX logits
+V2_FORMATS = ("stablehlo", "onnx")  # what `all` writes for a v2 model
 DEFAULT_PLATFORMS = ("cpu", "cuda")
 KNOWN_PLATFORMS = ("cpu", "cuda", "rocm", "tpu")
 POOL_SIZES = (2, 4)  # the two VALID max-pools of models.ImageBranch (after conv2 and conv4)
@@ -380,6 +383,52 @@ def _verify(fmt: str, out: Path, reference, probe) -> dict[str, Any]:
             "runtime": type(scorer).__name__}
 
 
+def _v2_probe_stats(model) -> dict[str, np.ndarray]:
+    """The running statistics of a v2 model's metadata BatchNorm, named as probe_inputs expects them."""
+    from btsbot_jax.models import v2 as v2m
+
+    bn = {v2m.mm_ConvNeXt: lambda m: m.metadata_branch.bn, v2m.mm_MaxViT: lambda m: m.metadata_branch.bn,
+          v2m.frozen_fusion: lambda m: m.meta_branch.bn, v2m.UmNN: lambda m: m.bn}.get(type(model))
+    if bn is None:
+        return {}
+    b = bn(model)
+    return {"metadata/bn/mean": np.asarray(b.mean[...]), "metadata/bn/var": np.asarray(b.var[...])}
+
+
+def _export_onnx_v2(model, card, out: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    import onnx
+
+    from btsbot_jax.inference.export_v2 import ONNX_IR_VERSION as IR
+    from btsbot_jax.inference.export_v2 import ONNX_OPSET as OPSET
+    from btsbot_jax.inference.export_v2 import build_onnx_v2, v2_signature
+
+    proto = build_onnx_v2(model, card)
+    onnx.save(proto, str(out / ARTIFACTS["onnx"]))
+    sig = v2_signature(model, int(card.get("image_size", 63)), len(card["metadata_columns"]))
+    return {"opset": OPSET, "ir_version": IR, "onnx_version": onnx.__version__,
+            "signature": "upstream BTSbot v2 to_onnx.py (BOOM)"}, sig
+
+
+def _verify_v2(fmt: str, out: Path, reference, ref_logits, probe) -> dict[str, Any]:
+    """v2: the scores through the runtime scorer and, for ONNX, the raw `logits` output, both within
+    TOLERANCE_V2 of the Flax model."""
+    t, m = probe
+    scorer = load_exported(out)
+    err = float(np.abs(scorer(t, m) - reference).max())
+    result = {"max_abs_diff": err, "n_probe": int(len(t)), "tolerance": TOLERANCE_V2, "reference": "flax model",
+              "runtime": type(scorer).__name__}
+    if fmt == "onnx":
+        logits = scorer.logits(t, m)
+        result["max_abs_logit_diff"] = float(np.abs(logits - ref_logits).max())
+    worst = max(err, result.get("max_abs_logit_diff", 0.0))
+    if not worst <= TOLERANCE_V2:
+        raise ExportError(
+            f"{fmt} export does not reproduce the Flax model: max |difference| = {worst:.2e} > {TOLERANCE_V2:.0e} "
+            f"on {len(t)} probe inputs; nothing was written"
+        )
+    return result
+
+
 # ------------------------------------------------------------------------------------------------ entry point
 
 
@@ -407,8 +456,9 @@ def _load_source(checkpoint):
     if fmt != CARD_FORMAT:
         raise ExportError(f"{model_dir}: model card format {fmt!r} is not a btsbot-jax model directory ({CARD_FORMAT})")
     arch = card.get("architecture")
-    if arch not in LAYERS:
-        raise ExportError(f"{model_dir}: cannot export architecture {arch!r}; supported: {sorted(LAYERS)}")
+    if arch not in LAYERS and not is_v2(arch):
+        raise ExportError(f"{model_dir}: cannot export architecture {arch!r}; supported: "
+                          f"{sorted(LAYERS) + list(V2_ARCHITECTURES)}")
     try:
         model, card = load_model(model_dir)
     except CheckpointError as e:
@@ -416,14 +466,17 @@ def _load_source(checkpoint):
     return model_dir, model, card
 
 
-def _export_card(src_card, model_dir, fmt, details, verification) -> dict[str, Any]:
+def _export_card(src_card, model_dir, fmt, details, verification, v2_signature=None) -> dict[str, Any]:
     card = {k: v for k, v in src_card.items() if k not in ("format", "created_utc", "btsbot_jax_version")}
+    signature = {"inputs": {INPUT_NAMES[0]: [None, src_card["image_size"], src_card["image_size"], 3],
+                            INPUT_NAMES[1]: [None, len(src_card["metadata_columns"])]},
+                 "outputs": {OUTPUT_NAME: [None, 1]}, "dtype": "float32"}
+    if v2_signature is not None:
+        signature = v2_signature
     card.update(
         format=EXPORT_FORMATS[fmt],
         artifact=ARTIFACTS[fmt],
-        signature={"inputs": {INPUT_NAMES[0]: [None, src_card["image_size"], src_card["image_size"], 3],
-                              INPUT_NAMES[1]: [None, len(src_card["metadata_columns"])]},
-                   "outputs": {OUTPUT_NAME: [None, 1]}, "dtype": "float32"},
+        signature=signature,
         exported_from={"path": str(Path(model_dir).resolve()), "format": src_card.get("format"),
                        "created_utc": src_card.get("created_utc")},
         export=details,
@@ -471,11 +524,20 @@ def export_model(
     if out == model_dir.absolute() or model_dir.absolute() in out.parents:
         raise ExportError(f"--out {out} is inside the checkpoint {model_dir}; write the export elsewhere")
 
+    v2 = is_v2(src_card["architecture"])
+    if v2 and fmt == "savedmodel":
+        raise ExportError(f"{src_card['architecture']}: no SavedModel export for BTSbot v2 models (BOOM loads the "
+                          "ONNX; Kowalski's TF 2.13 SavedModel route is v1 only); use stablehlo or onnx")
     weights = model_weights(model)
     spec = _spec(src_card, src_card.get("model_config", {}).get("bn_epsilon", 1e-3))
-    check_weights(weights, spec)
-    probe = probe_inputs(weights, spec, n=n_probe)
-    reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
+    if v2:
+        probe = probe_inputs(_v2_probe_stats(model), spec, n=n_probe)
+        reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
+        ref_logits = np.asarray(jax.jit(lambda t, m: model.logits(t, m))(*probe))[:, 0]
+    else:
+        check_weights(weights, spec)
+        probe = probe_inputs(weights, spec, n=n_probe)
+        reference = np.asarray(jax.jit(lambda t, m: model(t, m))(*probe))[:, 0]
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -483,20 +545,26 @@ def export_model(
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the export is an ordinary directory
     try:
-        formats = FORMATS if fmt == "all" else (fmt,)
+        formats = (V2_FORMATS if v2 else FORMATS) if fmt == "all" else (fmt,)
         cards = {}
         for f in formats:
             d = tmp / f if fmt == "all" else tmp
             d.mkdir(exist_ok=True)
+            sig = None
             if f == "stablehlo":
                 details = _export_stablehlo(model, spec, d, platforms)
+            elif f == "onnx" and v2:
+                details, sig = _export_onnx_v2(model, src_card, d)
             elif f == "onnx":
                 details = _export_onnx(weights, spec, src_card, d)
             else:
                 details = _export_savedmodel(weights, spec, d)
-            card = _export_card(src_card, model_dir, f, details, verification={})
+            card = _export_card(src_card, model_dir, f, details, verification={}, v2_signature=sig)
             _write_card(d, card)
-            card["verification"] = _verify(f, d, reference, probe)
+            if v2:
+                card["verification"] = _verify_v2(f, d, reference, ref_logits, probe)
+            else:
+                card["verification"] = _verify(f, d, reference, probe)
             _write_card(d, card)
             cards[f] = card
         if fmt == "all":

@@ -10,7 +10,8 @@ Layout of an export directory (written by `btsbot_jax.inference.export`)::
     DIR/model_card.json    the source model card with `format` = one of EXPORT_FORMATS below, the artifact name,
                            the signature, where it was exported from, and the parity measured at export time
     DIR/model.jax_export   stablehlo: `jax.export` serialized module (weights embedded, symbolic batch)
-    DIR/model.onnx         onnx: inputs `triplet`, `metadata`; output `fc_out`
+    DIR/model.onnx         onnx: inputs `triplet`, `metadata`; output `fc_out` (v1); for BTSbot v2 models
+                           upstream's signature: `image` (N,3,H,W) and/or `metadata`, output `logits`
     DIR/saved_model.pb     savedmodel: DIR itself is the SavedModel (`tf.saved_model.load(DIR)`), so
     DIR/variables/         Kowalski can point at it unchanged; TF ignores the model card beside it
 
@@ -45,6 +46,9 @@ DEFAULT_RUNTIME = "stablehlo"
 # SavedModel.
 INPUT_NAMES = ("triplet", "metadata")
 OUTPUT_NAME = "fc_out"
+# BTSbot v2 ONNX (upstream's to_onnx.py signature): image (N,3,H,W) and/or metadata (N,K) -> logits (N,1)
+V2_INPUT_NAMES = ("image", "metadata")
+V2_OUTPUT_NAME = "logits"
 
 
 class ExportFormatError(ValueError):
@@ -174,10 +178,26 @@ class OnnxScorer(RuntimeScorer):
         providers = self._providers or [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in available]
         self.session = ort.InferenceSession(str(artifact), providers=providers)
         names = tuple(i.name for i in self.session.get_inputs())
-        if set(names) != set(INPUT_NAMES):
-            raise ExportFormatError(f"{artifact}: ONNX inputs are {names}, expected {INPUT_NAMES}")
+        outputs = tuple(o.name for o in self.session.get_outputs())
+        # v1: triplet NHWC + metadata -> fc_out (score). v2 (upstream's signature, what BOOM loads): image NCHW
+        # and/or metadata -> logits, so the scorer transposes the triplet and applies the sigmoid.
+        self.v2 = outputs == (V2_OUTPUT_NAME,) and set(names) <= set(V2_INPUT_NAMES) and bool(names)
+        if not self.v2 and set(names) != set(INPUT_NAMES):
+            raise ExportFormatError(f"{artifact}: ONNX inputs are {names}, expected {INPUT_NAMES} (v1) or a subset "
+                                    f"of {V2_INPUT_NAMES} with output {V2_OUTPUT_NAME!r} (v2)")
+        self._inputs = names
+
+    def logits(self, t, m) -> np.ndarray:
+        """v2 exports: the raw `logits` output, (N,) float32 (no input validation; for export checks)."""
+        feeds = {"image": np.ascontiguousarray(np.asarray(t, np.float32).transpose(0, 3, 1, 2)),
+                 "metadata": np.asarray(m, np.float32)}
+        (out,) = self.session.run([V2_OUTPUT_NAME], {n: feeds[n] for n in self._inputs})
+        return out[:, 0]
 
     def _run(self, t, m):
+        if self.v2:
+            x = self.logits(t, m).astype(np.float64)
+            return (1.0 / (1.0 + np.exp(-x))).astype(np.float32)
         (out,) = self.session.run([OUTPUT_NAME], {"triplet": t, "metadata": m})
         return out[:, 0]
 

@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from btsbot_jax import __version__
-from btsbot_jax.models import ARCHITECTURES, BTSbot, create_model, default_model_config
+from btsbot_jax.models import ALL_ARCHITECTURES, BTSbot, create_model, default_model_config, is_v2
 
 MODEL_CARD = "model_card.json"
 STATE_DIR = "state"
@@ -110,13 +110,19 @@ def load_model(path: str | os.PathLike, architecture: str | None = None) -> tupl
             f"({CARD_FORMAT!r})"
         )
     arch = card.get("architecture")
-    if arch not in ARCHITECTURES:
+    if arch not in ALL_ARCHITECTURES:
         raise CheckpointError(f"{model_dir}: unknown architecture {arch!r} in model card")
     if architecture is not None and arch != architecture:
         raise CheckpointError(f"{model_dir}: checkpoint holds a {arch!r} model, expected {architecture!r}")
-    cfg = default_model_config(arch)
-    cfg.update(card["model_config"])
-    model = create_model(cfg)
+    if is_v2(arch):  # the card holds the whole config (upstream's train_config keys), nested branch configs too
+        cfg = ml_collections.ConfigDict(card["model_config"])
+    else:
+        cfg = default_model_config(arch)
+        cfg.update(card["model_config"])
+    try:
+        model = create_model(cfg)
+    except (KeyError, ValueError) as e:
+        raise CheckpointError(f"{model_dir}: the model card's config does not build a {arch!r} model: {e}") from e
     target = jax.tree.map(np.asarray, nnx.to_pure_dict(_weights(model)))
     state_dir = (model_dir / STATE_DIR).absolute()
     if not state_dir.is_dir():
