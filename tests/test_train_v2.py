@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -346,18 +349,52 @@ def _latest_state(workdir):
     return last, tree
 
 
-class _Killed(Exception):
-    pass
+_CACHE = Path(os.environ.get("TMPDIR", "/tmp")) / f"btsbot-test-jax-cache-{os.getuid()}"
+
+# One training run in a fresh process (as btsbot-train runs it), with the tiny ConvNeXt registered; with DIE_AFTER
+# set, the process hard-exits (no cleanup, like a kill) right after the checkpoint of that epoch is written.
+_RUN = textwrap.dedent("""
+    import json, os, sys
+    import ml_collections
+    from btsbot_jax.models import convnext
+    from btsbot_jax.training import checkpoints
+    from btsbot_jax.training import train as T
+    convnext.CONVNEXT_VARIANTS[{kind!r}] = {variant!r}
+    die_after = {die_after!r}
+    if die_after is not None:
+        real_prune = checkpoints.prune
+        def prune_then_die(mngr, history, *a):
+            real_prune(mngr, history, *a)
+            if history[-1]["epoch"] == die_after:
+                os._exit(9)
+        checkpoints.prune = prune_then_die
+    config = ml_collections.ConfigDict(json.loads({config!r}))
+    print("RESULT" + json.dumps(T.train_and_evaluate(config, {workdir!r})))
+""")
+
+
+def _run(config, workdir, die_after=None):
+    code = _RUN.format(kind=TINY_KIND, variant=TINY_VARIANT, die_after=die_after, config=config.to_json(),
+                       workdir=str(workdir))
+    # the three runs compile the same programs: share them through JAX's persistent compilation cache
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               JAX_COMPILATION_CACHE_DIR=str(_CACHE), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=900, env=env)
+    if die_after is not None:
+        assert r.returncode == 9, r.stderr[-3000:]
+        return None
+    assert r.returncode == 0, r.stderr[-3000:]
+    return json.loads(r.stdout.split("RESULT", 1)[1])
 
 
 @pytest.mark.slow
-def test_tiny_convnext_learns_and_resumes_exactly(tiny_convnext, data_dir, tmp_path, monkeypatch):
+def test_tiny_convnext_learns_and_resumes_exactly(data_dir, tmp_path):
     kw = dict(learning_rate=3e-3, warmup_epochs=1, num_epochs=4, batch_size=32, max_steps_per_epoch=6,
               early_stopping_patience=10, seed=3)
     c = _v2_config("convnext_pico", data_dir, **kw)
-    c.model.model_kind = tiny_convnext
+    c.model.model_kind = TINY_KIND
     c.model.fc1_neurons, c.model.fc2_neurons = 16, 8
-    ref = T.train_and_evaluate(c, tmp_path / "ref")
+    ref = _run(c, tmp_path / "ref")
     h = _history(tmp_path / "ref")
     assert len(h) == 4 and ref["stop_reason"] == "num_epochs"
     # the schedule, per epoch
@@ -368,6 +405,7 @@ def test_tiny_convnext_learns_and_resumes_exactly(tiny_convnext, data_dir, tmp_p
     assert ref["best_val_auc"] > 0.8, ref
     # the class weights are (1, N_neg / N_pos) of the training split
     from btsbot_jax.data.sources import load_sources
+    from btsbot_jax.data.training_set import load_split
 
     labels = load_sources(c)["train"].labels
     assert ref["class_weights"] == pytest.approx([1.0, np.sum(labels == 0) / np.sum(labels == 1)])
@@ -377,23 +415,22 @@ def test_tiny_convnext_learns_and_resumes_exactly(tiny_convnext, data_dir, tmp_p
     from btsbot_jax.models.model_dir import read_model_card
 
     assert read_model_card(tmp_path / "ref" / "best")["architecture"] == "v2_ConvNeXt"
-    test = synthetic_training.alert_table(4, seed=7)
-    scores = load_scorer(tmp_path / "ref")(test[1], test[0][list(c.model.metadata_cols)].to_numpy(np.float32))
-    assert np.all((scores >= 0) & (scores <= 1))
+    test = load_split(data_dir, "test")
+    from btsbot_jax.models import convnext
 
-    # interrupted after epoch 1 is checkpointed, then restarted: the same history and the same final weights
-    real_prune = checkpoints.prune
+    convnext.CONVNEXT_VARIANTS[TINY_KIND] = TINY_VARIANT
+    try:
+        scores = load_scorer(tmp_path / "ref")(np.asarray(test.triplets), test.metadata)
+    finally:
+        del convnext.CONVNEXT_VARIANTS[TINY_KIND]
+    from sklearn.metrics import roc_auc_score
 
-    def prune_then_die(mngr, history, *a):
-        real_prune(mngr, history, *a)
-        if len(history) == 2:
-            raise _Killed
+    assert roc_auc_score(test.labels, scores) == pytest.approx(ref["test_auc"], abs=1e-6)
 
-    monkeypatch.setattr(checkpoints, "prune", prune_then_die)
-    with pytest.raises(_Killed):
-        T.train_and_evaluate(c, tmp_path / "run")
-    monkeypatch.setattr(checkpoints, "prune", real_prune)
-    again = T.train_and_evaluate(c, tmp_path / "run")
+    # killed right after epoch 1 is checkpointed, then restarted: the same history and the same final state
+    _run(c, tmp_path / "run", die_after=1)
+    assert not (tmp_path / "run" / "summary.json").exists()
+    again = _run(c, tmp_path / "run")
     assert _history(tmp_path / "run") == h
     assert again["best_epoch"] == ref["best_epoch"] and again["test_auc"] == ref["test_auc"]
     (e1, t1), (e2, t2) = _latest_state(tmp_path / "run"), _latest_state(tmp_path / "ref")

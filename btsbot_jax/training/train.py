@@ -1,5 +1,7 @@
 """Training BTSbot from scratch the way the paper did (Rehemtulla et al. 2024, Table 3), reproducible and
-resumable on any devices and any number of hosts.
+resumable on any devices and any number of hosts. The BTSbot v2 recipe (Rehemtulla et al. 2025: AdamW, per-epoch
+warm-up + cosine, pos_weight BCE, keep-best on a 0.5% improvement, frozen branches, starting from imported weights)
+is the same loop with other config values (docs/v2_training.md); a v1 config trains exactly as before.
 
 Read top to bottom, as in the Flax examples: the loss, the train state, the jitted steps, one epoch of training,
 evaluation, then `train_and_evaluate`, which wires them together with the callbacks (`callbacks.py`), the
@@ -464,6 +466,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     frozen = frozen_modules(config)
     model = create_model(config.model, int(config.seed))
     initialised = init_from.apply(model, config)  # identical to the fresh model when no init_from* is set
+    if frozen and not initialised:
+        log.warning("freeze=%r but no init_from* is set: the frozen submodules keep their random initialisation",
+                    config.freeze)
     mdef, state = create_train_state(config.model, tx, int(config.seed), model=model)
     del model
     rng_state = replicate(mdef.rng_state, mesh)
