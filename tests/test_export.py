@@ -284,7 +284,7 @@ def small_model_dir(tmp_path_factory):
 def test_unsupported_format_is_refused(small_model_dir, tmp_path):
     with pytest.raises(ExportError, match=r"unsupported export format 'tflite'; expected one of stablehlo, onnx"):
         export_model(small_model_dir, tmp_path / "o", "tflite")
-    assert CHOICES == ("stablehlo", "onnx", "savedmodel", "all")
+    assert CHOICES == ("stablehlo", "onnx", "savedmodel", "onnx_int8", "all")
     with pytest.raises(ExportError, match="unknown StableHLO platform"):
         export_model(small_model_dir, tmp_path / "o", "stablehlo", platforms=("gpu9000",))
 

@@ -23,7 +23,8 @@ PATH_FIELDS = ("data_dir", "tfds_data_dir")
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None,
-                                "Training config: a packaged name (prod, demo, um_cnn, um_nn) or a get_config() file.",
+                                "Training config: a packaged name (prod, demo, um_cnn, um_nn; v2: convnext_pico, "
+                                "mm_convnext_pico, um_nn_v2, frozen_fusion, maxvit_tiny) or a get_config() file.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics, TensorBoard events and best/.")
 flags.DEFINE_bool("distributed", False,

@@ -25,13 +25,28 @@ def get_config() -> ml_collections.ConfigDict:
     c.epsilon = 1e-7
     c.num_epochs = 1000
     c.max_steps_per_epoch = 0  # 0 = the whole training split each epoch
-    c.class_weighting = "alerts"  # 'alerts' (the paper) or 'none'
+    c.class_weighting = "alerts"  # 'alerts' (the paper), 'pos_weight' (v2: N_neg/N_pos on label 1) or 'none'
+    c.weighted_val_loss = False  # v1: Keras' unweighted val loss; v2: weighted like the training loss
+    c.optimizer = "adam"  # 'adam' (v1) or 'adamw' (v2)
+    c.weight_decay = 0.0  # AdamW's decoupled weight decay (v2: 0.01, torch's default)
+    c.lr_schedule = "plateau"  # 'plateau' (v1: ReduceLROnPlateau below) or 'warmup_cosine' (v2, per epoch)
+    c.warmup_epochs = 0  # warmup_cosine: linear warm-up from 0.01x over this many epochs
     c.reduce_lr_factor = 0.4
     c.reduce_lr_patience = 20
     c.reduce_lr_min_lr = 5e-10
     c.reduce_lr_min_delta = 1e-4  # Keras default
     c.early_stopping_patience = 75
     c.early_stopping_min_delta = 0.0  # Keras default
+    c.keep_best = "lowest"  # 'lowest' (v1: Keras) or 'relative' (v2: improve by > keep_best_min_rel_delta)
+    c.keep_best_min_rel_delta = 0.005
+    # start from other weights (btsbot_jax.training.init_from): a model directory of the same architecture, the two
+    # branches of a v2_frozen_fusion, or a timm backbone checkpoint
+    c.init_from = ""
+    c.init_from_image = ""
+    c.init_from_metadata = ""
+    c.init_from_timm = ""
+    c.freeze = ""  # comma-separated frozen submodules (v2_frozen_fusion: 'image_branch,meta_branch')
+    c.frozen_eval_mode = True  # frozen submodules without dropout and BatchNorm updates while training
     c.augment = True
     c.seed = 2
     c.model_version = "dev"

@@ -28,17 +28,26 @@ def checkpoint_manager(path: str | Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(Path(path).absolute(), options=opts)
 
 
-def best_epoch(history: list[dict]) -> int:
-    """The earliest epoch with the lowest val_loss (what Keras' save_best_only keeps)."""
-    i = min(range(len(history)), key=lambda j: (history[j]["val_loss"], j))
-    return int(history[i]["epoch"])
+def best_epoch(history: list[dict], min_rel_delta: float | None = None) -> int:
+    """The epoch that is shipped. Default (v1): the earliest epoch with the lowest val_loss (what Keras'
+    save_best_only keeps). With `min_rel_delta` (v2, `callbacks.RelativeImprovement`): the last epoch whose val_loss
+    improved on every earlier one by more than that fraction."""
+    if min_rel_delta is None:
+        i = min(range(len(history)), key=lambda j: (history[j]["val_loss"], j))
+        return int(history[i]["epoch"])
+    best, lowest = int(history[0]["epoch"]), float("inf")
+    for row in history:
+        if (1.0 + min_rel_delta) * row["val_loss"] < lowest:
+            best = int(row["epoch"])
+        lowest = min(lowest, row["val_loss"])
+    return best
 
 
-def prune(mngr: ocp.CheckpointManager, history: list[dict]) -> None:
+def prune(mngr: ocp.CheckpointManager, history: list[dict], min_rel_delta: float | None = None) -> None:
     """Keep only the latest epoch (to resume) and the best one (to ship)."""
     if not history:
         return
-    keep = {int(history[-1]["epoch"]), best_epoch(history)}
+    keep = {int(history[-1]["epoch"]), best_epoch(history, min_rel_delta)}
     for step in mngr.all_steps():
         if step not in keep:
             mngr.delete(step)

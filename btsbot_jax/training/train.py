@@ -1,5 +1,7 @@
 """Training BTSbot from scratch the way the paper did (Rehemtulla et al. 2024, Table 3), reproducible and
-resumable on any devices and any number of hosts.
+resumable on any devices and any number of hosts. The BTSbot v2 recipe (Rehemtulla et al. 2025: AdamW, per-epoch
+warm-up + cosine, pos_weight BCE, keep-best on a 0.5% improvement, frozen branches, starting from imported weights)
+is the same loop with other config values (docs/v2_training.md); a v1 config trains exactly as before.
 
 Read top to bottom, as in the Flax examples: the loss, the train state, the jitted steps, one epoch of training,
 evaluation, then `train_and_evaluate`, which wires them together with the callbacks (`callbacks.py`), the
@@ -52,8 +54,8 @@ from jax.sharding import PartitionSpec as P
 from btsbot_jax.data import pipeline as input_pipeline
 from btsbot_jax.data.sources import load_sources
 from btsbot_jax.models import create_model
-from btsbot_jax.training import checkpoints
-from btsbot_jax.training.callbacks import EarlyStopping, Plateau
+from btsbot_jax.training import checkpoints, init_from
+from btsbot_jax.training.callbacks import EarlyStopping, Plateau, RelativeImprovement, WarmupCosine
 
 log = logging.getLogger("btsbot_jax.training.train")
 
@@ -75,6 +77,30 @@ def class_weights(labels: np.ndarray) -> np.ndarray:
         raise ValueError(f"the training split needs both classes to weight them, got counts {n.astype(int).tolist()}")
     w = (1.0 / n) / np.linalg.norm(1.0 / n)
     return (w / w.max()).astype(np.float32)
+
+
+def pos_weight_weights(labels: np.ndarray) -> np.ndarray:
+    """BTSbot v2 (Rehemtulla et al. 2025; upstream BCEWithLogitsLoss(pos_weight=N_neg/N_pos)) as class weights:
+    (1, N_neg/N_pos). For 0/1 labels torch's pos_weight loss, pw*y*(-log s) + (1-y)*(-log(1-s)) averaged over the
+    batch, is exactly `weighted_bce` with these weights."""
+    labels = np.asarray(labels)
+    n_neg, n_pos = int(np.sum(labels == 0)), int(np.sum(labels == 1))
+    if n_pos == 0:
+        raise ValueError(f"the training split has no positive alert to weight (N_neg={n_neg}, N_pos=0)")
+    return np.array([1.0, n_neg / n_pos], np.float32)
+
+
+def loss_weights(config: ml_collections.ConfigDict, labels: np.ndarray) -> np.ndarray:
+    """Per-class loss weights (w_0, w_1) of `config.class_weighting`: 'alerts' (v1, `class_weights`), 'pos_weight'
+    (v2, `pos_weight_weights`) or 'none'."""
+    kind = config.get("class_weighting", "alerts")
+    if kind == "alerts":
+        return class_weights(labels)
+    if kind == "pos_weight":
+        return pos_weight_weights(labels)
+    if kind == "none":
+        return np.ones(2, np.float32)
+    raise ValueError(f"class_weighting {kind!r}: expected 'alerts', 'pos_weight' or 'none'")
 
 
 def weighted_bce(logits: jax.Array, labels: jax.Array, weights: jax.Array) -> jax.Array:
@@ -117,20 +143,62 @@ class ModelDef:
     rng_state: nnx.State
 
 
+def frozen_modules(config: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The model's frozen submodules (`config.freeze`, comma-separated attribute paths, e.g.
+    'image_branch,meta_branch' for v2_frozen_fusion)."""
+    return tuple(p.strip() for p in str(config.get("freeze", "") or "").split(",") if p.strip())
+
+
+def _trainable_labels(frozen: tuple[str, ...]):
+    """optax.multi_transform label function: 'frozen' for every parameter under a frozen submodule."""
+    prefixes = [tuple(p.split(".")) for p in frozen]
+
+    def labels(params):
+        def one(path, _):
+            keys = tuple(str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path)
+            return "frozen" if any(keys[: len(p)] == p for p in prefixes) else "trainable"
+
+        return jax.tree_util.tree_map_with_path(one, params)
+
+    return labels
+
+
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the learning rate as a hyperparameter in the state (set per epoch by the plateau rule).
+    """Adam (v1) or AdamW (v2) with the learning rate as a hyperparameter in the state (set per epoch by the plateau
+    rule or the warm-up + cosine schedule).
 
     optax.adam divides by sqrt(v_hat) + eps, Keras by sqrt(v) + eps with the bias correction folded into the step
-    size; the two differ only in how eps=1e-7 enters, which is negligible at these gradient scales."""
-    return optax.inject_hyperparams(optax.adam)(
-        learning_rate=config.learning_rate, b1=config.beta1, b2=config.beta2, eps=config.epsilon
-    )
+    size; the two differ only in how eps=1e-7 enters, which is negligible at these gradient scales. optax.adamw is
+    torch's AdamW (decoupled weight decay lr * wd * p on every parameter). With frozen submodules
+    (`config.freeze`) the optimizer is an optax.multi_transform: the frozen parameters get zero updates (and no
+    moments), the others the optimizer's."""
+    kind = config.get("optimizer", "adam")
+    frozen = frozen_modules(config)
+    if kind not in ("adam", "adamw"):
+        raise ValueError(f"optimizer {kind!r}: expected 'adam' or 'adamw'")
+    if kind == "adam" and not frozen:
+        return optax.inject_hyperparams(optax.adam)(
+            learning_rate=config.learning_rate, b1=config.beta1, b2=config.beta2, eps=config.epsilon
+        )
+
+    def build(learning_rate, b1, b2, eps, weight_decay):
+        if kind == "adamw":
+            base = optax.adamw(learning_rate, b1=b1, b2=b2, eps=eps, weight_decay=weight_decay)
+        else:
+            base = optax.adam(learning_rate, b1=b1, b2=b2, eps=eps)
+        if not frozen:
+            return base
+        return optax.multi_transform({"trainable": base, "frozen": optax.set_to_zero()}, _trainable_labels(frozen))
+
+    return optax.inject_hyperparams(build)(learning_rate=config.learning_rate, b1=config.beta1, b2=config.beta2,
+                                           eps=config.epsilon, weight_decay=float(config.get("weight_decay", 0.0)))
 
 
-def create_train_state(model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation, seed: int
-                       ) -> tuple[ModelDef, TrainState]:
-    """Fresh model (Keras-like initialisation from `seed`) and its optimizer state."""
-    model = create_model(model_config, seed)
+def create_train_state(model_config: ml_collections.ConfigDict, tx: optax.GradientTransformation, seed: int,
+                       model=None) -> tuple[ModelDef, TrainState]:
+    """Fresh model (initialised from `seed`; or `model`, e.g. one initialised from other weights) and its optimizer
+    state."""
+    model = create_model(model_config, seed) if model is None else model
     graphdef, params, batch_stats, rng_state = nnx.split(model, nnx.Param, nnx.BatchStat, nnx.RngState)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
@@ -164,12 +232,24 @@ def make_mesh(devices=None) -> Mesh:
 CPU_TRAIN_COMPILER_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 
 
+def _submodule(model, path: str):
+    node = model
+    for name in path.split("."):
+        if not hasattr(node, name):
+            raise ValueError(f"frozen submodule {path!r}: the {type(model).__name__} model has no {name!r}")
+        node = getattr(node, name)
+    return node
+
+
 def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, mesh: Mesh | None = None,
-                    cpu_compiler_options: dict | None = None):
+                    cpu_compiler_options: dict | None = None, eval_modules: tuple[str, ...] = ()):
     """Jitted `train_step(state, batch, rng_state) -> (state, metrics)`; the state argument is donated.
 
     `batch` is a dict of global arrays {triplet, metadata, label} sharded along 'data' (see `shard_batch`).
     `metrics` holds the batch's weighted loss and its number of correct predictions at score > 0.5.
+    Submodules named in `eval_modules` (frozen branches) run in eval mode: no dropout, BatchNorm with its running
+    statistics, which it does not update. The loss is computed from the model's `logits()` (every model, v1 and
+    v2, has it; calling the model gives the sigmoid score).
     On CPU the step is compiled with `cpu_compiler_options` (default CPU_TRAIN_COMPILER_OPTIONS; {} = XLA's
     defaults); other backends use XLA's defaults."""
     w = jnp.asarray(weights, jnp.float32)
@@ -183,6 +263,8 @@ def make_train_step(mdef: ModelDef, tx: optax.GradientTransformation, weights, m
         def loss_fn(params):
             model = merge_model(mdef, params, state.batch_stats, step_rngs)
             model.train()
+            for path in eval_modules:
+                _submodule(model, path).eval()
             logits = model.logits(batch["triplet"], batch["metadata"])[:, 0]
             loss = weighted_bce(logits, batch["label"], w)
             return loss, (logits, nnx.state(model, nnx.BatchStat))
@@ -291,13 +373,17 @@ def predict_logits(eval_step, state, rng_state, source, *, batch_size: int, mesh
     return np.concatenate(out)[: len(source)] if out else np.zeros((0,), np.float32)
 
 
-def eval_metrics(logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """Metrics of one split at the end of an epoch: unweighted BCE (Keras does not weight the validation loss),
-    accuracy at score > 0.5, ROC AUC. (The paper's alert- and source-level metrics are `evaluation.metrics`.)"""
+def eval_metrics(logits: np.ndarray, labels: np.ndarray, weights: np.ndarray | None = None) -> dict[str, float]:
+    """Metrics of one split at the end of an epoch: BCE, unweighted by default (Keras does not weight the validation
+    loss; v2 passes its pos_weight class `weights`, as upstream's validation does), accuracy at score > 0.5, ROC
+    AUC. (The paper's alert- and source-level metrics are `evaluation.metrics`.)"""
     from sklearn.metrics import roc_auc_score
 
     labels = np.asarray(labels)
-    loss = float(np.mean(bce_numpy(logits, labels))) if len(labels) else math.nan
+    per = bce_numpy(logits, labels)
+    if weights is not None:
+        per = np.asarray(weights, np.float64)[labels.astype(np.int64)] * per
+    loss = float(np.mean(per)) if len(labels) else math.nan
     acc = float(np.mean((logits > 0) == (labels > 0))) if len(labels) else math.nan
     auc = float(roc_auc_score(labels, logits)) if len(np.unique(labels)) == 2 else math.nan
     return {"loss": loss, "accuracy": acc, "auc": auc}
@@ -368,8 +454,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     sources = load_sources(config)
     train_src, val_src = sources["train"], sources["val"]
-    weights = class_weights(train_src.labels) if config.get("class_weighting", "alerts") == "alerts" \
-        else np.ones(2, np.float32)
+    weights = loss_weights(config, train_src.labels)
+    val_weights = weights if config.get("weighted_val_loss", False) else None
     nsteps = input_pipeline.steps_per_epoch(len(train_src), config.batch_size)
     if config.get("max_steps_per_epoch", 0):
         nsteps = min(nsteps, int(config.max_steps_per_epoch))
@@ -377,17 +463,37 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         raise ValueError(f"training split has {len(train_src)} alerts, fewer than one batch ({config.batch_size})")
 
     tx = make_optimizer(config)
-    mdef, state = create_train_state(config.model, tx, int(config.seed))
+    frozen = frozen_modules(config)
+    model = create_model(config.model, int(config.seed))
+    initialised = init_from.apply(model, config)  # identical to the fresh model when no init_from* is set
+    if frozen and not initialised:
+        log.warning("freeze=%r but no init_from* is set: the frozen submodules keep their random initialisation",
+                    config.freeze)
+    mdef, state = create_train_state(config.model, tx, int(config.seed), model=model)
+    del model
     rng_state = replicate(mdef.rng_state, mesh)
     state = replicate(state, mesh)
-    train_step = make_train_step(mdef, tx, weights, mesh)
+    eval_modules = frozen if config.get("frozen_eval_mode", True) else ()
+    train_step = make_train_step(mdef, tx, weights, mesh, eval_modules=eval_modules)
     eval_step = make_eval_step(mdef, mesh)
     predict = lambda st, src: predict_logits(eval_step, st, rng_state, src, batch_size=eval_bs, mesh=mesh)
 
+    schedule = config.get("lr_schedule", "plateau")
+    if schedule not in ("plateau", "warmup_cosine"):
+        raise ValueError(f"lr_schedule {schedule!r}: expected 'plateau' or 'warmup_cosine'")
+    cosine = WarmupCosine(lr=float(config.learning_rate), num_epochs=int(config.num_epochs),
+                          warmup_epochs=int(config.get("warmup_epochs", 0))) if schedule == "warmup_cosine" else None
     plateau = Plateau(lr=float(config.learning_rate), factor=config.reduce_lr_factor,
                       patience=config.reduce_lr_patience, min_lr=config.reduce_lr_min_lr,
                       min_delta=config.reduce_lr_min_delta)
-    stopper = EarlyStopping(patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta)
+    keep_best = config.get("keep_best", "lowest")
+    if keep_best not in ("lowest", "relative"):
+        raise ValueError(f"keep_best {keep_best!r}: expected 'lowest' or 'relative'")
+    rel_delta = float(config.get("keep_best_min_rel_delta", 0.005)) if keep_best == "relative" else None
+    if rel_delta is None:
+        stopper = EarlyStopping(patience=config.early_stopping_patience, min_delta=config.early_stopping_min_delta)
+    else:
+        stopper = RelativeImprovement(patience=config.early_stopping_patience, min_rel_delta=rel_delta)
     history: list[dict] = []
     start_epoch = 0
     stop_reason = "num_epochs"
@@ -398,7 +504,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         state, meta = checkpoints.restore(mngr, latest, state)
         start_epoch = int(meta["epoch"]) + 1
         plateau = Plateau(**meta["plateau"])
-        stopper = EarlyStopping(**meta["early_stopping"])
+        stopper = type(stopper)(**meta["early_stopping"])
         history = list(meta["history"])
         if meta.get("stopped"):
             stop_reason = meta.get("stop_reason", "early_stopping")
@@ -410,7 +516,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     show_bar = is_main and bool(config.get("progress_bar", True))
 
     for epoch in range(start_epoch, int(config.num_epochs)):
-        state = set_learning_rate(state, plateau.lr)
+        lr = plateau.lr if cosine is None else cosine.lr_at(epoch)
+        state = set_learning_rate(state, lr)
         ds = input_pipeline.train_dataset(
             train_src, global_batch=config.batch_size, seed=int(config.seed), epoch=epoch,
             augment=bool(config.augment), process_index=jax.process_index(), process_count=jax.process_count(),
@@ -422,25 +529,26 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if bar is not None:
             bar.close()
         train_time = time.perf_counter() - t0
-        vm = eval_metrics(predict(state, val_src), val_src.labels)
+        vm = eval_metrics(predict(state, val_src), val_src.labels, val_weights)
         row = {
             "epoch": epoch, **tm, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"], "val_auc": vm["auc"],
-            "lr": plateau.lr, "alerts_per_s": nsteps * config.batch_size / train_time,
+            "lr": lr, "alerts_per_s": nsteps * config.batch_size / train_time,
             "epoch_time_s": time.perf_counter() - t0,
         }
         history.append(row)
         if not math.isfinite(vm["loss"]):
             raise FloatingPointError(f"epoch {epoch}: validation loss is {vm['loss']}; training diverged")
-        improved = vm["loss"] < stopper.best  # ModelCheckpoint(save_best_only=True): strict improvement
+        improved = stopper.improves(vm["loss"])  # v1: ModelCheckpoint(save_best_only=True); v2: by > 0.5%
         stop = stopper.update(epoch, vm["loss"])
-        plateau.update(vm["loss"])
+        if cosine is None:
+            plateau.update(vm["loss"])
         if stop:
             stop_reason = "early_stopping"
         meta = {"epoch": epoch, "plateau": dataclasses.asdict(plateau),
                 "early_stopping": dataclasses.asdict(stopper), "history": history, "stopped": stop,
                 "stop_reason": stop_reason, "class_weights": weights.tolist()}
         checkpoints.save(mngr, epoch, state, meta)
-        checkpoints.prune(mngr, history)
+        checkpoints.prune(mngr, history, rel_delta)
         writer.write_scalars(epoch, {k: row[k] for k in SCALARS})
         writer.flush()
         if is_main:
@@ -448,7 +556,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             if improved:
                 checkpoints.export_best(_host_model(mdef, state), config, workdir,
                                         {"epoch": epoch, "val_loss": vm["loss"], "val_accuracy": vm["accuracy"],
-                                         "val_auc": vm["auc"]})
+                                         "val_auc": vm["auc"], **initialised})
         if stop:
             break
 
@@ -458,7 +566,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # The shipped model: the best-val-loss checkpoint, re-exported from orbax (atomic) so that a kill during an
     # earlier export can never leave a broken best/.
-    best_epoch = checkpoints.best_epoch(history)
+    best_epoch = checkpoints.best_epoch(history, rel_delta)
     best_state, _ = checkpoints.restore(mngr, best_epoch, state)
     best_row = next(r for r in history if r["epoch"] == best_epoch)
     summary = {
@@ -470,12 +578,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         "alerts_per_s_median": float(np.median([r["alerts_per_s"] for r in history])),
     }
     if "test" in sources and config.get("evaluate_test", True):
-        tm = eval_metrics(predict(best_state, sources["test"]), sources["test"].labels)
+        tm = eval_metrics(predict(best_state, sources["test"]), sources["test"].labels, val_weights)
         summary.update({"test_loss": tm["loss"], "test_accuracy": tm["accuracy"], "test_auc": tm["auc"],
                         "test_alerts": len(sources["test"])})
     if is_main:
         info = {"epoch": best_epoch, "val_loss": best_row["val_loss"], "val_accuracy": best_row["val_accuracy"],
-                "val_auc": best_row["val_auc"]}
+                "val_auc": best_row["val_auc"], **initialised}
         if "test_auc" in summary:
             info.update(test_auc=summary["test_auc"], test_accuracy=summary["test_accuracy"])
         checkpoints.export_best(_host_model(mdef, best_state), config, workdir, info)
