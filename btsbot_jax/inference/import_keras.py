@@ -77,11 +77,8 @@ def _config_from_weights(w: dict[tuple[str, ...], np.ndarray]):
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def import_keras(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike, version: str = "v1.0.1", *,
