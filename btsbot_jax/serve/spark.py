@@ -315,6 +315,10 @@ def read_alert_files(spark, inputs: Sequence[str]):
         if is_dir:
             df = df.filter(F.col("path").rlike(ALERT_FILE_REGEX))
         frames.append(df.select("path", "content", F.lit(i).cast("int").alias("_input")))
+        empty = _empty_files(df, is_dir)
+        if empty:  # Spark's file scan drops 0-byte files; btsbot-score reports each as a rejected record
+            frames.append(spark.createDataFrame([(u, bytearray(), i) for u in empty], "path STRING, content BINARY, "
+                                                "_input INT"))
     if not frames:
         from pyspark.sql.types import BinaryType, IntegerType, StringType, StructField, StructType
 
@@ -325,6 +329,17 @@ def read_alert_files(spark, inputs: Sequence[str]):
     for f in frames[1:]:
         out = out.unionByName(f)
     return out, unreadable
+
+
+def _empty_files(df, is_dir: bool) -> list[str]:
+    """The alert files of a binaryFile DataFrame that its scan leaves out: those of 0 bytes (the file index lists
+    them, the scan skips them). Costs one scan of file names, no file contents."""
+    import re
+
+    rx = re.compile(ALERT_FILE_REGEX)
+    listed = [u for u in df.inputFiles() if not is_dir or rx.search(u)]
+    seen = {urlparse(r["path"]).path for r in df.select("path").collect()}
+    return sorted(u for u in listed if urlparse(u).path not in seen)
 
 
 def score_files(spark, inputs: Sequence[str], checkpoint: str | os.PathLike, *, batch_size: int = 256,
