@@ -84,9 +84,10 @@ def load_count(checkpoint: str | os.PathLike, buckets: Sequence[int] | None = No
     return _LOADS[(os.fspath(checkpoint), tuple(buckets) if buckets else None)]
 
 
-def _maybe_fail(first_output_sent: bool) -> None:
-    """Test hook (see the module docstring): kill this worker on the first attempt of partition 0's task."""
-    if not first_output_sent or os.environ.get(FAIL_ENV) != "1":
+def _maybe_fail() -> None:
+    """Test hook (see the module docstring), called once an output batch has been sent: kill this worker on the
+    first attempt of partition 0's task."""
+    if os.environ.get(FAIL_ENV) != "1":
         return
     from pyspark import TaskContext
 
@@ -152,7 +153,6 @@ def table_mapper(checkpoint: str, *, batch_size: int = 256, use_rb: bool = False
         import pyarrow as pa
 
         scorer = get_scorer(checkpoint, buckets)
-        sent = False
 
         def chunks():
             for batch in batches:
@@ -179,8 +179,7 @@ def table_mapper(checkpoint: str, *, batch_size: int = 256, use_rb: bool = False
             arrays = list(part.columns) + [pa.array(out_score, pa.float32(), mask=~valid),
                                            pa.array(reasons, pa.string())]
             yield pa.RecordBatch.from_arrays(arrays, names=list(part.schema.names) + [score_col, reason_col])
-            _maybe_fail(sent)
-            sent = True
+            _maybe_fail()
 
     return mapper
 
@@ -249,7 +248,6 @@ def files_mapper(checkpoint: str, *, batch_size: int = 256, use_rb: bool = False
             if pending:
                 yield order, pending
 
-        sent = False
         for order, prepared, scores in _pipelined(scorer, chunks(), batch_size, use_rb):
             by_source: dict[str, collections.deque] = collections.defaultdict(collections.deque)
             # prepared rows name their input by source; a source repeats only if a file was given twice (then the
@@ -280,8 +278,7 @@ def files_mapper(checkpoint: str, *, batch_size: int = 256, use_rb: bool = False
                 "kind": pa.array([None] * n_ok + [r.kind for r in prepared.rejected], pa.string()),
             }
             yield pa.RecordBatch.from_arrays(list(cols.values()), names=list(cols))
-            _maybe_fail(sent)
-            sent = True
+            _maybe_fail()
 
     return mapper
 
