@@ -66,6 +66,9 @@ def _compare(ref: Path, spark_dir: Path) -> dict:
 
 def main(argv):
     del argv
+    from absl import logging
+
+    logging.set_verbosity(logging.WARNING)  # orbax logs every checkpoint write at INFO
     info = common.machine_info()
     num_sources = 30 if FLAGS.quick else FLAGS.num_sources
     work = Path(FLAGS.workdir or tempfile.mkdtemp(prefix="btsbot_spark_bench_"))
