@@ -422,8 +422,11 @@ def _join(base: str, name: str) -> str:
 
 def spark_session(master: str | None = None, app_name: str = "btsbot-spark-score",
                   conf: dict[str, str] | None = None):
-    """A SparkSession with what scoring wants: Arrow batches of a few files each, and, on a local master, Python
-    workers running this interpreter (where btsbot-jax is installed). Under spark-submit, its settings win."""
+    """A SparkSession with what scoring wants, unless the job's configuration (spark-submit --conf, `conf`) says
+    otherwise: Arrow batches of a few files each; files packed into tasks by their size (ZTF packets are ~70 kB,
+    and the 4 MB default cost per file would give tasks of ~30 alerts, one short model batch each); adaptive
+    execution allowed to coalesce the partitions of the cached per-record table (otherwise every later stage runs
+    spark.sql.shuffle.partitions tiny tasks); on a local master, Python workers running this interpreter."""
     import sys
 
     from pyspark.sql import SparkSession
@@ -431,15 +434,24 @@ def spark_session(master: str | None = None, app_name: str = "btsbot-spark-score
     b = SparkSession.builder.appName(app_name)
     if master:
         b = b.master(master)
-    # openCostInBytes: what Spark counts per file when packing files into tasks; ZTF packets are ~70 kB each, and
-    # the 4 MB default would give tasks of ~30 alerts (one short model batch each)
-    settings = {"spark.sql.execution.arrow.maxRecordsPerBatch": "64", "spark.sql.files.openCostInBytes": "65536"}
     if (master or "").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
-        settings["spark.pyspark.python"] = sys.executable
-    settings.update(conf or {})
-    for k, v in settings.items():
+        b = b.config("spark.pyspark.python", sys.executable)
+    for k, v in (conf or {}).items():
         b = b.config(k, v)
-    return b.getOrCreate()
+    spark = b.getOrCreate()
+    given = spark.sparkContext.getConf()
+    for k, v in SESSION_DEFAULTS.items():
+        if not given.contains(k):
+            spark.conf.set(k, v)
+    return spark
+
+
+SESSION_DEFAULTS = {
+    "spark.sql.execution.arrow.maxRecordsPerBatch": "64",
+    "spark.sql.files.openCostInBytes": "65536",
+    "spark.sql.adaptive.enabled": "true",
+    "spark.sql.optimizer.canChangeCachedPlanOutputPartitioning": "true",
+}
 
 
 __all__ = ["add_scores", "table_mapper", "score_files", "files_mapper", "settle_duplicates", "score_archive",
