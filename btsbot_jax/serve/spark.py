@@ -436,6 +436,10 @@ def spark_session(master: str | None = None, app_name: str = "btsbot-spark-score
         b = b.master(master)
     if (master or "").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
         b = b.config("spark.pyspark.python", sys.executable)
+    if (master or "").startswith("local") and "spark.driver.memory" not in (conf or {}):
+        # a local master's executors live in the driver's JVM, whose 1 GB default heap does not hold two tasks'
+        # Arrow batches of ~70 MB avro files (the JVM died so); the heap is a ceiling, not a reservation
+        b = b.config("spark.driver.memory", "4g")
     for k, v in (conf or {}).items():
         b = b.config(k, v)
     spark = b.getOrCreate()
