@@ -435,7 +435,7 @@ def spark_session(master: str | None = None, app_name: str = "btsbot-spark-score
     if master:
         b = b.master(master)
     if (master or "").startswith("local") and not os.environ.get("PYSPARK_PYTHON"):
-        b = b.config("spark.pyspark.python", sys.executable)
+        os.environ["PYSPARK_PYTHON"] = sys.executable  # what pyspark reads for its workers' interpreter
     if (master or "").startswith("local") and "spark.driver.memory" not in (conf or {}):
         # a local master's executors live in the driver's JVM, whose 1 GB default heap does not hold two tasks'
         # Arrow batches of ~70 MB avro files (the JVM died so); the heap is a ceiling, not a reservation
