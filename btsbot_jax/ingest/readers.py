@@ -544,10 +544,10 @@ def _is_alert_member(name: str) -> bool:
     return name.lower().endswith(AVRO_SUFFIXES)
 
 
-def _iter_tar(path: Path, ords: _Ordinals, explicit: bool) -> Iterator[RawAlert]:
+def _iter_tar(path: Path, ords: _Ordinals, explicit: bool, fobj=None) -> Iterator[RawAlert]:
     stats = ords.stats
-    try:
-        tf = tarfile.open(path, mode="r|*")  # streaming: members are read in order, never all at once
+    try:  # streaming: members are read in order, never all at once
+        tf = tarfile.open(path, mode="r|*") if fobj is None else tarfile.open(fileobj=fobj, mode="r|*")
     except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
         if explicit:
             raise AlertReadError(path, f"not a readable tarball: {e}") from None
@@ -675,6 +675,29 @@ def _iter_path(path: Path, ords: _Ordinals) -> Iterator[RawAlert]:
     yield from _iter_file(path, kind, ords, explicit=True)
 
 
+def iter_file_bytes(data: bytes, name: str, *, projection: dict | None = None, stats: ReadStats | None = None
+                    ) -> Iterator[RawAlert]:
+    """The records of one file given as bytes (Spark's binaryFile source, an object store), named as `iter_alerts`
+    names a file found in a folder ("<name>#<i>", "<name>:<member>#<i>"). The kind comes from the name, else
+    from the content; nothing raises: a file that cannot be read yields one RawAlert with the reason."""
+    stats = stats if stats is not None else ReadStats()
+    ords = _Ordinals(1, 0, stats, projection)
+    kind = _kind(Path(name))
+    if kind is None:
+        head = bytes(data[:4])
+        kind = ("avro" if head == AVRO_MAGIC else "parquet" if head == PARQUET_MAGIC
+                else "tar" if head[:2] in (b"\x1f\x8b", b"BZ", b"\xfd7") or bytes(data[257:262]) == b"ustar" else None)
+    if kind == "avro":
+        yield from _decode_container(bytes(data), name, ords)
+    elif kind == "parquet":
+        yield from _iter_parquet(name, ords, fobj=io.BytesIO(data), base=name)
+    elif kind == "tar":
+        yield from _iter_tar(name, ords, explicit=False, fobj=io.BytesIO(data))
+    else:
+        for _ in ords.take(1):
+            yield _emit(stats, RawAlert(f"{name}#0", None, "not an avro, parquet or tar file (by name or content)"))
+
+
 def _as_paths(paths) -> list[Path]:
     if isinstance(paths, (str, os.PathLike)):
         return [Path(paths)]
@@ -705,4 +728,4 @@ def iter_alerts(paths: str | os.PathLike | Iterable[str | os.PathLike], *, num_s
 
 
 __all__ = ["AlertReadError", "RawAlert", "ReadStats", "SCORING_PROJECTION", "PRV_SCORING_FIELDS", "decode_avro_bytes",
-           "iter_alerts", "project"]
+           "iter_alerts", "iter_file_bytes", "project"]

@@ -80,6 +80,19 @@ def _batches_from_alerts(alerts: Iterable[RawAlert], batch_size: int, use_rb: bo
         yield (prepare_batch(batch, use_rb=use_rb) if batch else None), n_in, dups
 
 
+def score_prepared(scorer, prepared: Prepared, pad_to: int = 0) -> np.ndarray:
+    """float32 scores of a prepared batch. A batch shorter than `pad_to` (the last one, or one with rejections) is
+    padded with zero rows so it reuses the full batch's compiled program (eval-mode rows are independent)."""
+    n = len(prepared)
+    if n == 0:
+        return np.zeros((0,), np.float32)
+    t, m = prepared.triplets, prepared.metadata
+    if n < pad_to:
+        t = np.concatenate([t, np.zeros((pad_to - n, *t.shape[1:]), t.dtype)])
+        m = np.concatenate([m, np.zeros((pad_to - n, m.shape[1]), m.dtype)])
+    return np.asarray(scorer(t, m), np.float32)[:n]
+
+
 def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progress: bool, pad_to: int = 0
              ) -> tuple[pd.DataFrame, list[Rejected], int, int]:
     """Score prepared batches (the model runs in a thread while the next batch is prepared); dedup by candid.
@@ -113,14 +126,7 @@ def _consume(scorer, batches: Iterable[tuple[Prepared | None, int, int]], progre
         frames.append(df[list(SCORE_COLUMNS)])
 
     def run(prepared: Prepared) -> np.ndarray:
-        n = len(prepared)
-        if n == 0:
-            return np.zeros((0,), np.float32)
-        t, m = prepared.triplets, prepared.metadata
-        if n < pad_to:  # a short batch (the last one, or one with rejections) reuses the full batch's compiled
-            t = np.concatenate([t, np.zeros((pad_to - n, *t.shape[1:]), t.dtype)])  # program: eval-mode rows
-            m = np.concatenate([m, np.zeros((pad_to - n, m.shape[1]), m.dtype)])    # are independent
-        return np.asarray(scorer(t, m), np.float32)[:n]
+        return score_prepared(scorer, prepared, pad_to)
 
     pending: tuple[Prepared, concurrent.futures.Future] | None = None
     with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="btsbot-score") as pool:
@@ -411,4 +417,5 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 __all__ = ["ScoreResult", "SCORE_COLUMNS", "REJECTED_COLUMNS", "score_paths", "score_alerts", "format_summary",
-           "write_table", "read_table", "rejected_frame", "check_table_path", "check_scorer_columns"]
+           "write_table", "read_table", "rejected_frame", "check_table_path", "check_scorer_columns",
+           "score_prepared"]
