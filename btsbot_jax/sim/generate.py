@@ -294,7 +294,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
             meas["nbad"] = int((~np.isfinite(box)).sum())
             meas["sumrat"] = _f(finite.sum() / max(np.abs(finite).sum(), 1e-9)) if len(finite) else 0.0
             # the real-bogus score of what the stamp shows
-            st = image_stats.difference_stats(diff, float(vis.fwhm_px[i]))
+            st = image_stats.difference_stats(diff, float(vis.fwhm_px[i]), snr=False)
             z = image_stats.drb_logit(st) + drb_rng.normal(0, DRB_NOISE)
             drb[i] = _sigmoid(z)
             rb[i] = np.clip(_sigmoid(0.35 * z + drb_rng.normal(0.4, 0.5)) * 0.98, 0.01, 0.99)

@@ -124,11 +124,14 @@ def peak_snr(img: np.ndarray) -> float:
 STAT_NAMES = ("negative_fraction", "peak_to_sum", "sharpness", "psf_correlation", "peak_snr")
 
 
-def difference_stats(img: np.ndarray, fwhm_px: float = 2.2) -> dict[str, float]:
-    """All the statistics of one difference stamp (the candidate at its centre)."""
-    return {"negative_fraction": negative_fraction(img), "peak_to_sum": peak_to_sum(img),
-            "sharpness": sharpness(img), "psf_correlation": psf_correlation(img, fwhm_px),
-            "peak_snr": peak_snr(img)}
+def difference_stats(img: np.ndarray, fwhm_px: float = 2.2, snr: bool = True) -> dict[str, float]:
+    """All the statistics of one difference stamp (the candidate at its centre); `snr=False` skips the S/N (the
+    one statistic that needs the noise of the whole stamp, and that `drb_logit` does not use)."""
+    out = {"negative_fraction": negative_fraction(img), "peak_to_sum": peak_to_sum(img),
+           "sharpness": sharpness(img), "psf_correlation": psf_correlation(img, fwhm_px)}
+    if snr:
+        out["peak_snr"] = peak_snr(img)
+    return out
 
 
 # The simulated real-bogus score as a function of the rendered difference stamp (generate.py): the logit rises
@@ -160,4 +163,4 @@ def realness_statistic(img: np.ndarray, fwhm_px: float = 2.2) -> float:
     """One number for how much the difference stamp looks like a clean point source: `drb_logit` of its
     statistics (PSF-like, not too sharp, no negative lobe score high). The yardstick both the simulated drb is
     built from and the real drb is checked against."""
-    return drb_logit(difference_stats(img, fwhm_px))
+    return drb_logit(difference_stats(img, fwhm_px, snr=False))
