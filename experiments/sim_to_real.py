@@ -40,9 +40,20 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
     return out
 
 
+def _commit() -> str | None:
+    import subprocess
+
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=Path(__file__).resolve().parent, check=True).stdout.strip() or None
+    except (OSError, subprocess.CalledProcessError):
+        return None
+
+
 def main(argv):
     del argv
-    res = run(FLAGS.checkpoint, FLAGS.reference, FLAGS.packets, FLAGS.labelled, FLAGS.simulated)
+    res = {"commit": _commit(), "trained": FLAGS.trained,
+           **run(FLAGS.checkpoint, FLAGS.reference, FLAGS.packets, FLAGS.labelled, FLAGS.simulated)}
     text = json.dumps(res, indent=2)
     if FLAGS.out:
         Path(FLAGS.out).write_text(text + "\n")
@@ -59,5 +70,6 @@ if __name__ == "__main__":
     flags.DEFINE_string("labelled", None, "Folder with usage_candidates.csv + usage_triplets.npy (labelled alerts).")
     flags.DEFINE_string("simulated", None, "A btsbot-simulate output folder (adds the reference's AUC on it).")
     flags.DEFINE_string("out", None, "Write the JSON here too.")
+    flags.DEFINE_string("trained", None, "What the model was trained on (recorded in the JSON with the commit).")
     flags.mark_flags_as_required(["checkpoint", "reference", "packets"])
     app.run(main)

@@ -198,6 +198,81 @@ def compare_features(sim_dir: str | os.PathLike, real_dir: str | os.PathLike) ->
     return feature_quantiles(sim, real), len(sim), len(real)
 
 
+def image_stat_table(cutouts: Sequence[dict], isdiffpos: Sequence[str], fwhm: Sequence[float] | None = None,
+                     drb: Sequence[float] | None = None, flip_negative: bool = False) -> pd.DataFrame:
+    """Difference-stamp statistics (`image_stats.difference_stats` + `realness_statistic`) of each alert, with
+    `drb`, a column of it beside them. ZTF cuts the difference stamp of a negative subtraction (isdiffpos 'f')
+    from the inverted difference, so the candidate is a positive blob either way; `isdiffpos` only names the
+    alerts whose stamp is to be flipped when `flip_negative` is set (for stamps made the other way)."""
+    from btsbot_jax.sim import image_stats
+
+    rows = []
+    for k, (cut, sign) in enumerate(zip(cutouts, isdiffpos)):
+        d = np.asarray(cut["cutoutDifference"], np.float64)
+        if flip_negative and str(sign) in ("f", "0"):
+            d = -d
+        w = float(fwhm[k]) if fwhm is not None and np.isfinite(fwhm[k]) and fwhm[k] > 0 else 2.2
+        st = image_stats.difference_stats(d, w)
+        st["realness_statistic"] = image_stats.realness_statistic(d, w)
+        rows.append(st)
+    out = pd.DataFrame(rows, columns=list(image_stats.STAT_NAMES) + ["realness_statistic"])
+    if drb is not None:
+        out["drb"] = np.asarray(drb, np.float64)
+    return out
+
+
+def drb_image_agreement(stats: pd.DataFrame) -> dict[str, float]:
+    """How closely `drb` follows what the difference stamp shows: Spearman and Pearson correlation of drb with
+    the image realness statistic, and the ROC AUC of the statistic for drb > 0.5 (NaN where one class is
+    missing)."""
+    from scipy.stats import pearsonr, spearmanr
+    from sklearn.metrics import roc_auc_score
+
+    r, d = stats["realness_statistic"].to_numpy(float), stats["drb"].to_numpy(float)
+    ok = np.isfinite(r) & np.isfinite(d)
+    r, d = r[ok], d[ok]
+    y = d > 0.5
+    return {"alerts": int(ok.sum()), "drb_below_0.5": float(np.mean(~y)) if len(y) else np.nan,
+            "spearman": float(spearmanr(r, d).statistic) if len(r) > 2 else np.nan,
+            "pearson": float(pearsonr(r, d).statistic) if len(r) > 2 else np.nan,
+            "auc_drb_above_0.5": float(roc_auc_score(y, r)) if np.unique(y).size == 2 else np.nan}
+
+
+def image_stat_quantiles(sim: pd.DataFrame, real: pd.DataFrame) -> pd.DataFrame:
+    """Quantiles of each difference-stamp statistic, simulated vs real (the layout of `feature_quantiles`)."""
+    cols = [c for c in sim.columns if c in real.columns]
+    return feature_quantiles(sim, real, columns=cols)
+
+
+def simulated_image_stats(sim_dir: str | os.PathLike, max_alerts: int = 2000, seed: int = 0) -> pd.DataFrame:
+    """`image_stat_table` of up to `max_alerts` simulated alerts (g/r, a seeded random subset), with their
+    drb, subtype, source set, magpsf and scorr."""
+    sim_dir = Path(sim_dir)
+    t = _sim_table(sim_dir)
+    t = t[t["fid"].isin([1, 2])]
+    if len(t) > max_alerts:
+        t = t.iloc[np.sort(np.random.default_rng(seed).choice(len(t), max_alerts, replace=False))]
+    cuts = _sim_cutouts(sim_dir, t)
+    out = image_stat_table(cuts, t["isdiffpos"].to_numpy(), None,
+                           t["drb"].to_numpy())
+    for c in ("subtype", "source_set", "magpsf", "scorr", "isdiffpos"):
+        if c in t:
+            out[c] = t[c].to_numpy()
+    return out
+
+
+def real_image_stats(real_dir: str | os.PathLike) -> pd.DataFrame:
+    """`image_stat_table` of the real packets under real_dir (g/r), with drb, magpsf and scorr."""
+    real, _, raw = real_packets(real_dir)
+    keep = real["fid"].isin([1, 2]).to_numpy()
+    real = real[keep]
+    raw = [r for r, k in zip(raw, keep) if k]
+    out = image_stat_table(raw, real["isdiffpos"].to_numpy(), None, real["drb"].to_numpy())
+    for c in ("magpsf", "scorr", "isdiffpos"):
+        out[c] = real[c].to_numpy()
+    return out
+
+
 def write_compare_table(sim_dir: str | os.PathLike, real_dir: str | os.PathLike, md: str | os.PathLike) -> Path:
     q, n_sim, n_real = compare_features(sim_dir, real_dir)
     text = (f"Quantiles (5/25/50/75/95%) of the 25 model features, simulated ({n_sim} positive g/r alerts of "

@@ -7,7 +7,10 @@ Measurement model, calibrated on the real packets (kowalski + fink sets in ../sh
   slightly above F/sigma_F for faint sources, saturating at ~20-130 for bright ones (beta ~ 0.024), as in ZTF;
 - `sigmapsf` = 1.0857 / (F / sqrt((sigma_F/1.25)^2 + (gamma F)^2)), gamma ~ 0.04: a floor of a few 0.01 mag;
 - `chipsf` ~ 1 + (S/N / 13)^2 (PSF mismatch grows with brightness), higher for artefacts;
-- `drb` = sigmoid(realness): ~1 for real sources, lower at low S/N, mostly low for bogus;
+- `drb` is read off the rendered difference stamp, as ZTF's real-bogus CNN reads the real one: its logit is
+  `image_stats.drb_logit` of the stamp (PSF correlation up, a too-sharp peak or a negative lobe down) plus a
+  little noise, so a dipole, a cosmic ray or a clean point source get the score their image deserves whatever
+  the source's subtype (without cutouts, `render_cutouts=False`, it falls back to the source's mean realness);
 - `ndethist`/`ncovhist`/`jdstarthist` count raw detections (S/N >= 3) and coverage since survey start.
 """
 
@@ -15,7 +18,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from btsbot_jax.sim import render
+from btsbot_jax.sim import image_stats, render
 from btsbot_jax.sim.packets import PUBLISHER, SCHEMA_VERSION
 from btsbot_jax.sim.population import BOGUS_TYPES, CCD_NX, CCD_NY, Source, object_id
 from btsbot_jax.sim.survey import NID_OFFSET, ZP0, Nights, conditions, schedule
@@ -25,6 +28,7 @@ SEEING_GRID_STEP = 1.1
 PRV_WINDOW = 30.0  # days of history in prv_candidates, as ZTF
 ALERT_SCORR = 5.0
 RAW_DET_SNR = 3.0
+DRB_NOISE = 1.0  # logit scatter of the simulated drb around what the difference stamp shows
 PROGRAM_PI = {1: "Kulkarni", 2: "Kulkarni", 3: "TESS"}
 FILTER_CODE = {1: "zg", 2: "zr", 3: "zi"}
 
@@ -273,17 +277,28 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
             cand_cache[i].update(ssdistnr=_f(rng.uniform(0, 4)), ssmagnr=_f(magpsf[i] + rng.normal(0, 0.3)),
                                  ssnamenr=str(10000 + src.index % 500000))
     renderer = _Renderer(src, vis, seed, stamp_cache, art_params, level) if render_cutouts else None
+    drb_rng = np.random.default_rng([seed, 0xD4B, src.index])  # its own stream: the rest stays as it was
     for i in alert_idx:
         meas = cand_cache[i]
         stamps, raw = {}, {}
         if renderer is not None:
             sci, ref, diff = renderer.stamps(i, f_meas[i], f_now[i], f_ref[i])
+            if f_meas[i] < 0:
+                # ZTF detects negative candidates on the inverted difference and cuts the stamp from it: in
+                # every real isdiffpos='f' packet of ../shared/data the candidate is a positive blob
+                diff = -diff
             # 5x5 statistics of the difference around the candidate, as ZTF's nneg/nbad/sumrat
             box = diff[render.CENTER - 2:render.CENTER + 3, render.CENTER - 2:render.CENTER + 3]
             finite = box[np.isfinite(box)]
             meas["nneg"] = int((finite < 0).sum())
             meas["nbad"] = int((~np.isfinite(box)).sum())
             meas["sumrat"] = _f(finite.sum() / max(np.abs(finite).sum(), 1e-9)) if len(finite) else 0.0
+            # the real-bogus score of what the stamp shows
+            st = image_stats.difference_stats(diff, float(vis.fwhm_px[i]), snr=False)
+            z = image_stats.drb_logit(st) + drb_rng.normal(0, DRB_NOISE)
+            drb[i] = _sigmoid(z)
+            rb[i] = np.clip(_sigmoid(0.35 * z + drb_rng.normal(0.4, 0.5)) * 0.98, 0.01, 0.99)
+            meas["rb"] = _f(rb[i])
             base = f"candid{int(candid[i])}_pid{int(pid[i])}_targ"
             for key, img, tag in (("cutoutScience", sci, "sci"), ("cutoutTemplate", ref, "ref"),
                                   ("cutoutDifference", diff, "diff")):
