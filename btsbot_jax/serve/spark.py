@@ -36,6 +36,7 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from btsbot_jax import __version__
 from btsbot_jax.ingest.features import Prepared, prepare_batch
 from btsbot_jax.ingest.readers import (
     AVRO_SUFFIXES,
@@ -384,7 +385,8 @@ def score_archive(spark, inputs: Sequence[str], checkpoint: str | os.PathLike, o
         kinds = (labelled.filter(~F.col("scored") & ~F.col("duplicate")).groupBy("kind").count()
                  .orderBy(F.desc("count"), "kind").collect())
         ordered = labelled.orderBy(*ORDER_COLUMNS)
-        scores = ordered.filter(F.col("scored") & ~F.col("duplicate")).select(*SCORE_COLUMNS, "night")
+        scores = (ordered.filter(F.col("scored") & ~F.col("duplicate"))
+                  .withColumn("btsbot_jax_version", F.lit(__version__)).select(*SCORE_COLUMNS, "night"))
         rejected = ordered.filter(~F.col("scored") & ~F.col("duplicate")).select(*REJECTED_COLUMNS)
         w = scores.write.mode("overwrite")
         if partition_by:
