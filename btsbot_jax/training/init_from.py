@@ -149,7 +149,8 @@ def _read_timm(path: str) -> tuple[dict[str, np.ndarray], Path]:
 
 def init_backbone_from_timm(model, path: str) -> int:
     """The model's timm backbone from a timm checkpoint (see the module docstring); returns the weights copied."""
-    from btsbot_jax.models.v2_layers import IGNORED_SUFFIXES, KINDS
+    from btsbot_jax.inference.import_torch import IGNORED as IGNORED_SUFFIXES
+    from btsbot_jax.models.v2_layers import KINDS
 
     what = f"init_from_timm={path}"
     if not hasattr(model, "torch_map"):
