@@ -223,13 +223,12 @@ def simulate(out_dir: str | os.PathLike, config: SimConfig | None = None, progre
             results.append(_run_chunk(t))
     else:
         ctx = mp.get_context(_start_method())
+        from tqdm.auto import tqdm
+
         with ctx.Pool(min(workers, len(tasks))) as pool:
-            for r in pool.imap(_run_chunk, tasks, chunksize=1):
+            for r in tqdm(pool.imap(_run_chunk, tasks, chunksize=1), total=len(tasks), desc="chunks",
+                          disable=not progress, leave=False):
                 results.append(r)
-                if progress:
-                    print(f"\rchunks {len(results)}/{len(tasks)}", end="", flush=True)
-        if progress:
-            print()
     results.sort(key=lambda r: r["k"])
     timings = {"packets_and_features": time.perf_counter() - t0}
     t1 = time.perf_counter()

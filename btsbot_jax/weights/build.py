@@ -11,10 +11,13 @@ PROVENANCE.md is written by hand (it quotes the hashes this prints).
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import sys
 from pathlib import Path
+
+log = logging.getLogger("btsbot_jax.weights.build")
 
 # Where the published weights come from (nabeelre/BTSbot, MIT): recorded in the shipped model card.
 V101_SOURCE = {
@@ -37,19 +40,21 @@ def build(saved_model_dir: str | os.PathLike, out_dir: str | os.PathLike, versio
 
 
 def sha256(path: str | os.PathLike) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main(argv: list[str]) -> int:
     if len(argv) not in (2, 3):
-        print(__doc__, file=sys.stderr)
+        log.error("usage:\n%s", __doc__)
         return 2
     out = build(argv[1], argv[2] if len(argv) == 3 else Path(__file__).parent / "v1.0.1")
     for f in sorted(out.iterdir()):
-        print(f"{f.name}: {f.stat().st_size} bytes, sha256 {sha256(f)}")
+        log.info("%s: %d bytes, sha256 %s", f.name, f.stat().st_size, sha256(f))
     return 0
 
 
 if __name__ == "__main__":
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     sys.exit(main(sys.argv))
