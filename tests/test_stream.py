@@ -503,17 +503,34 @@ def _outputs(broker) -> dict[tuple[int, int], int]:
 @pytest.mark.slow
 def test_kill_9_mid_stream_then_restart_loses_nothing(broker, model_dir, packets, tmp_path):
     values = [p.value for p in packets[:400]]
-    where = produce(broker, "b_in", values, partitions=3)
+    # The stream is still flowing when the kill comes: 48 alerts up front, the other 352 trickle in (8 every
+    # 0.25 s) from the first results on, so the kill lands mid-stream however fast the machine scores.
+    where = produce(broker, "b_in", values[:48], partitions=3)
+    trickled: list[dict] = []
+
+    def trickle():
+        for i in range(48, len(values), 8):
+            trickled.append(produce(broker, "b_in", values[i:i + 8], partitions=3, create=False))
+            time.sleep(0.25)
+
+    producer = threading.Thread(target=trickle, daemon=True)
     out = tmp_path / "b.parquet"
     first = _cli(broker, model_dir, out)
     try:
         _wait_for(lambda: len(_outputs(broker)) >= 16, 300, "the first results", first)
+        producer.start()
+        time.sleep(2.0)  # scoring the live trickle
         first.send_signal(signal.SIGKILL)
         first.wait(30)
     finally:
         if first.poll() is None:
             first.kill()
+        if producer.ident is not None:
+            producer.join(120)
     assert first.returncode == -signal.SIGKILL
+    for w in trickled:
+        where.update(w)
+    assert len(where) == len(values)
     done_before = committed(broker, "b_group", "b_in")
     assert sum(max(o, 0) for o in done_before.values()) < len(values), "killed too late to test anything"
     # What a kill -9 leaves on disk is readable: finished part files only.
