@@ -17,6 +17,9 @@ Pairs (A vs B; the ratio is A's throughput over B's, per round, so both sides sa
   aa_jax        the JAX scorer vs a second JAX scorer of the same model: the method's own bias, should be 1.00
   aa_ort        ONNX Runtime vs a second session of the same model: idem
   aa_tf         TF v1.0.1 vs TF v1.0.1: idem (only with --pairs)
+  v2_vs_v1_jax  BTSbot v2 ConvNeXt-pico fusion (frozen_fusion) vs v1.0.1 mm_cnn, both the JAX scorer: what moving
+                to v2 costs a broker (only with --pairs; also in --v2)
+  v2_vs_v1_ort  the same two models, both exported to ONNX and run by ONNX Runtime (idem)
 
 The compute limit (a jitted 1024x1024 float32 matmul, common.matmul_gflops) is measured in its own process before
 and after the pairs; each runtime's fraction of it is its alerts/s x FLOPs per alert / that GFLOP/s.
@@ -50,6 +53,10 @@ flags.DEFINE_string("checkpoint", None, "Model directory (default: v1.0.1 import
 flags.DEFINE_string("int8", None, "An onnx_int8 export directory to measure (default: quantise the ONNX export here "
                     "with quantize.DEFAULT_CONFIG, calibrated on simulated-like benchmark inputs; the speed of the "
                     "graph does not depend on the calibration ranges).")
+flags.DEFINE_string("v2_checkpoint", None, "The v2 model of the v2_* pairs (default: the ConvNeXt-pico fusion "
+                    "fixture of ../shared/data imported with btsbot-import-torch, else a freshly initialised "
+                    "configs/frozen_fusion model: the speed does not depend on the weights).")
+flags.DEFINE_bool("v2", False, "Run the v2 pairs (v2_vs_v1_jax, v2_vs_v1_ort) instead of the default pairs.")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON and markdown go.")
 flags.DEFINE_string("tag", None, "File name stem (default pairwise_<backend>[_quick]).")
 # internal: one pair in this (fresh) process
@@ -64,20 +71,25 @@ PAIRS = {
     "aa_jax": ("jax", "jax"),
     "aa_ort": ("onnx", "onnx"),
     "aa_tf": ("tf_v101", "tf_v101"),
+    "v2_vs_v1_jax": ("jax_v2", "jax"),
+    "v2_vs_v1_ort": ("onnx_v2", "onnx"),
 }
 DEFAULT_PAIRS = ("jax_vs_tf", "jax_vs_ort", "int8_vs_ort", "aa_jax", "aa_ort")
-TARGETS = {"jax_vs_tf": 1.0, "jax_vs_ort": 1.0, "int8_vs_ort": 2.0}
+V2_PAIRS = ("v2_vs_v1_jax", "v2_vs_v1_ort")
+TARGETS = {"jax_vs_tf": 1.0, "jax_vs_ort": 1.0, "int8_vs_ort": 2.0, "v2_vs_v1_jax": 1.0}
+TARGET_BATCHES = {"v2_vs_v1_jax": (64, 512)}  # issue: v2 pico fusion >= v1 mm_cnn at batch 64 and 512 (not 1)
 
 
 # ----------------------------------------------------------------------------------------------- one pair
 def _runtime(name: str, work: Path, batches: list[int]):
     """A zero-argument-per-batch factory: name -> callable(t, m) -> scores, blocking until they are on the host."""
-    if name == "jax":
+    if name in ("jax", "jax_v2"):
         from btsbot_jax.inference.scorer import DEFAULT_BUCKETS, load_scorer
 
-        s = load_scorer(work / "model", buckets=tuple(sorted(set(DEFAULT_BUCKETS) | set(batches))))
+        s = load_scorer(work / ("model" if name == "jax" else "model_v2"),
+                        buckets=tuple(sorted(set(DEFAULT_BUCKETS) | set(batches))))
         return s
-    if name in ("onnx", "onnx_int8"):
+    if name in ("onnx", "onnx_int8", "onnx_v2"):
         from btsbot_jax.inference.scorer import load_scorer
 
         return load_scorer(work / name)  # OnnxScorer: spinning off by default
@@ -131,6 +143,12 @@ def prepare(work: Path, need: set[str]) -> dict:
     (work / "model").symlink_to(Path(mdir).absolute())
     if need & {"onnx", "onnx_int8"}:
         export_model(mdir, work / "onnx", "onnx")
+    if need & {"jax_v2", "onnx_v2"}:
+        v2dir, info["v2_model_source"] = v2_model_dir(work)
+        (work / "model_v2").symlink_to(Path(v2dir).absolute())
+        info["v2_flops_per_alert"] = model_flops(v2dir)
+        if "onnx_v2" in need:
+            export_model(v2dir, work / "onnx_v2", "onnx")
     if "onnx_int8" in need:
         if FLAGS.int8:
             (work / "onnx_int8").symlink_to(Path(FLAGS.int8).absolute())
@@ -151,6 +169,37 @@ def prepare(work: Path, need: set[str]) -> dict:
     return info
 
 
+def v2_model_dir(work: Path) -> tuple[Path, str]:
+    """(the v2 ConvNeXt-pico fusion model directory, where it comes from)."""
+    if FLAGS.v2_checkpoint:
+        return Path(FLAGS.v2_checkpoint), f"checkpoint {FLAGS.v2_checkpoint}"
+    fixture = common.SHARED_DATA / "btsbot_v2_fixture" / "convnext_pico_metadata"
+    if fixture.exists():
+        from btsbot_jax.inference.import_torch import import_torch
+
+        return Path(import_torch(fixture, work / "v2")), f"{fixture.name} (v2 fixture) imported with import_torch"
+    from btsbot_jax.configs import frozen_fusion
+    from btsbot_jax.models.model_dir import make_model_card, save_model
+    from btsbot_jax.models.v2 import build_v2_model
+
+    cfg = frozen_fusion.get_config().model
+    save_model(build_v2_model(cfg), work / "v2", make_model_card(cfg, version="benchmark"))
+    return work / "v2", "configs/frozen_fusion freshly initialised (speed only)"
+
+
+def model_flops(mdir) -> float:
+    """FLOPs per alert of a model directory's forward pass, from XLA's cost analysis at batch 64."""
+    import jax
+
+    from btsbot_jax.inference.scorer import load_scorer
+
+    s = load_scorer(mdir, buckets=(64,))
+    t, m = common.make_inputs(64, seed=0)
+    cost = s._predict.lower(s._state, jax.numpy.asarray(t), jax.numpy.asarray(m)).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost["flops"]) / 64
+
+
 def _ceiling(quick: bool) -> dict:
     """matmul GFLOP/s measured in a fresh process (so no runtime's threads are around)."""
     here, seconds = str(Path(__file__).parent), 0.5 if quick else 3
@@ -158,6 +207,12 @@ def _ceiling(quick: bool) -> dict:
            f"print(json.dumps(common.matmul_gflops(seconds={seconds})))"
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def side_flops(report: dict, runtime: str) -> float:
+    """FLOPs per alert of the model a runtime runs (the v2 model for *_v2, else v1 mm_cnn)."""
+    m = report["model"]
+    return m["v2_flops_per_alert"] if runtime.endswith("_v2") else m["flops_per_alert"]
 
 
 def markdown(report: dict) -> str:
@@ -171,7 +226,7 @@ def markdown(report: dict) -> str:
              "|---|---:|---:|---:|---:|---:|---:|"]
     for p in report["pairs"].values():
         for bs, r in p["batches"].items():
-            fa, fb = (100 * r[k]["throughput"] * flops / (gf * 1e9) for k in ("a", "b"))
+            fa, fb = (100 * r[k]["throughput"] * side_flops(report, p[k]) / (gf * 1e9) for k in ("a", "b"))
             lines.append(f"| {p['pair']} ({p['a']} vs {p['b']}) | {bs} | {r['a']['throughput']:,.1f} | "
                          f"{r['b']['throughput']:,.1f} | **{r['ratio_median']:.2f}x** | "
                          f"{r['ratio_min']:.2f}-{r['ratio_max']:.2f} | {fa:.1f}, {fb:.1f} |")
@@ -188,7 +243,8 @@ def _main(argv):
         res = run_pair(FLAGS.worker, Path(FLAGS.workdir), batches, rounds, slice_s)
         common.write_json(FLAGS.worker_out, res)
         return
-    pairs = list(FLAGS.pairs) or (["aa_ort", "int8_vs_ort"] if quick else list(DEFAULT_PAIRS))
+    pairs = list(FLAGS.pairs) or (list(V2_PAIRS) if FLAGS.v2 else
+                                  ["aa_ort", "int8_vs_ort"] if quick else list(DEFAULT_PAIRS))
     unknown = set(pairs) - set(PAIRS)
     if unknown:
         raise app.UsageError(f"unknown pair(s) {sorted(unknown)}; choose from {sorted(PAIRS)}")
@@ -203,7 +259,8 @@ def _main(argv):
                f"load average {info['load_average_at_start']}; pairs {pairs}")
     ceil_before = _ceiling(quick)
     results: dict = {}
-    stem = FLAGS.tag or "pairwise_" + __import__("jax").default_backend() + ("_quick" if quick else "")
+    stem = FLAGS.tag or ("pairwise_" + ("v2_" if FLAGS.v2 else "") + __import__("jax").default_backend()
+                         + ("_quick" if quick else ""))
     json_path, md_path = Path(FLAGS.out_dir) / f"{stem}.json", Path(FLAGS.out_dir) / f"{stem}.md"
     prep: dict = {}
 
@@ -217,7 +274,8 @@ def _main(argv):
             "config": {"quick": quick, "pairs": pairs, "batch_sizes": batches, "rounds": rounds,
                        "slice_seconds": slice_s, "onnxruntime_spinning": False, "complete": ceil_after is not None,
                        "wall_seconds": round(time.perf_counter() - t_start, 1)},
-            "model": {"source": prep.get("model_source"), "int8": prep.get("int8_source"), "flops_per_alert": flops},
+            "model": {"source": prep.get("model_source"), "int8": prep.get("int8_source"), "flops_per_alert": flops,
+                      "v2_source": prep.get("v2_model_source"), "v2_flops_per_alert": prep.get("v2_flops_per_alert")},
             "compute_limit": {"before": ceil_before, "after": ceil_after, "best_gflops": gf,
                               "alerts_per_s": round(gf * 1e9 / flops, 1),
                               "note": "jitted 1024x1024 float32 matmul in its own process, before and after the "
@@ -225,14 +283,15 @@ def _main(argv):
             "pairs": results,
             "ratios": {p: {bs: {k: r[k] for k in ("ratio_median", "ratio_min", "ratio_max", "ratio_iqr")}
                            for bs, r in res["batches"].items()} for p, res in results.items()},
-            "fraction_of_compute_limit": {
-                p: {bs: {side: round(r[side]["throughput"] * flops / (gf * 1e9), 4) for side in ("a", "b")}
-                    for bs, r in res["batches"].items()} for p, res in results.items()},
             "targets": [{"pair": p, "batch": bs, "threshold": thr, "ratio_median": r["ratio_median"],
                          "met": r["ratio_median"] >= thr}
-                        for p, thr in TARGETS.items() if p in results for bs, r in results[p]["batches"].items()],
+                        for p, thr in TARGETS.items() if p in results for bs, r in results[p]["batches"].items()
+                        if int(bs) in TARGET_BATCHES.get(p, (int(bs),))],
             "skipped": skipped,
         }
+        report["fraction_of_compute_limit"] = {
+            p: {bs: {side: round(r[side]["throughput"] * side_flops(report, res[side]) / (gf * 1e9), 4)
+                     for side in ("a", "b")} for bs, r in res["batches"].items()} for p, res in results.items()}
         common.write_json(json_path, report)
         md_path.write_text(markdown(report))
         return report

@@ -36,6 +36,8 @@ flags.DEFINE_enum("what", "train", ["train", "inference"], "Profile the train st
 flags.DEFINE_integer("batch", 64, "Batch size.")
 flags.DEFINE_integer("steps", 2, "Profiled calls (after one warm-up call).")
 flags.DEFINE_bool("no_ynn", False, "Compile with xla_cpu_experimental_ynn_fusion_type='' (YNNPACK fusions off).")
+flags.DEFINE_string("checkpoint", None, "--what=inference: the model directory to profile (default: v1.0.1 as "
+                    "benchmarks/common.py finds it), e.g. an imported BTSbot v2 model.")
 flags.DEFINE_integer("top", 25, "Rows to print.")
 flags.DEFINE_string("out", None, "JSON path (default benchmarks/results/profile_<what>_<backend>[_no_ynn].json).")
 
@@ -108,7 +110,7 @@ def _main(argv):
         with tempfile.TemporaryDirectory(prefix="btsbot-prof-") as tmp:
             from btsbot_jax.inference.scorer import load_scorer
 
-            mdir, _ = common.model_dir(Path(tmp))
+            mdir = FLAGS.checkpoint or common.model_dir(Path(tmp))[0]
             scorer = load_scorer(mdir)
         td, md = jax.device_put(t), jax.device_put(m)
         compiled = scorer._predict.lower(scorer._state, td, md).compile(compiler_options=opts)
