@@ -227,6 +227,56 @@ def test_pairwise_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_pairwise_v2_quick(tmp_path):
+    """--v2: BTSbot v2 ConvNeXt-pico fusion against v1.0.1 mm_cnn, in JAX and in ONNX Runtime; each side's share of
+    the compute limit uses its own model's FLOPs (XLA's cost analysis for v2), and the v2 target is judged at batch
+    64 and 512 only."""
+    out = tmp_path / "pairwise_v2"
+    proc = subprocess.run([sys.executable, str(BENCH / "pairwise.py"), "--quick", "--v2", f"--out_dir={out}"],
+                          capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "pairwise_v2_cpu_quick.json").read_text())
+    assert set(r["pairs"]) == {"v2_vs_v1_jax", "v2_vs_v1_ort"} and not r["skipped"]
+    assert (r["pairs"]["v2_vs_v1_jax"]["a"], r["pairs"]["v2_vs_v1_ort"]["a"]) == ("jax_v2", "onnx_v2")
+    v2_flops = r["model"]["v2_flops_per_alert"]
+    assert 0.1e9 < v2_flops < 0.2e9 < common.mm_cnn_flops()  # pico fusion at 63x63: ~3.5x fewer FLOPs than mm_cnn
+    gf = r["compute_limit"]["best_gflops"] * 1e9
+    for name, p in r["pairs"].items():
+        for b in ("1", "64"):
+            x = p["batches"][b]
+            _check_summary(x["a"], int(b))
+            assert r["fraction_of_compute_limit"][name][b]["a"] == pytest.approx(x["a"]["throughput"] * v2_flops / gf,
+                                                                               rel=1e-3)
+            assert r["fraction_of_compute_limit"][name][b]["b"] == pytest.approx(
+                x["b"]["throughput"] * common.mm_cnn_flops() / gf, rel=1e-3)
+    assert [(t["pair"], t["batch"]) for t in r["targets"]] == [("v2_vs_v1_jax", "64")]
+
+
+@pytest.mark.slow
+def test_spark_score_quick(tmp_path):
+    """btsbot-spark-score on local[1] and local[2] against btsbot-score on a small simulated archive: the counts
+    agree, the scores are the same, and overhead and scaling are derived from the runs."""
+    out = tmp_path / "spark"
+    proc = subprocess.run([sys.executable, str(BENCH / "spark_score.py"), "--quick", f"--out_dir={out}",
+                           f"--workdir={tmp_path / 'work'}"], capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r = json.loads((out / "spark_score_cpu_quick.json").read_text())
+    _check_machine(r["machine"])
+    ref = r["runs"]["btsbot-score"]["summary"]
+    assert r["alerts"] == ref["records_read"] > 500
+    for master in ("local[1]", "local[2]"):
+        run = r["runs"][master]
+        assert run["parity"] == {"same_candids": True, "rows": ref["scored"], "max_abs_score_diff": pytest.approx(
+            0.0, abs=1e-6)}
+        assert run["summary"]["records_read"] == (run["summary"]["scored"] + run["summary"]["rejected"]
+                                                  + run["summary"]["duplicates"])
+        assert r["derived"][f"overhead_{master}"] == pytest.approx(
+            r["runs"]["btsbot-score"]["alerts_per_s_wall"] / run["alerts_per_s_wall"])
+    assert r["derived"]["scaling_local1_to_local2"] == pytest.approx(
+        r["runs"]["local[2]"]["alerts_per_s_wall"] / r["runs"]["local[1]"]["alerts_per_s_wall"])
+
+
+@pytest.mark.slow
 def test_scorer_ab_quick(tmp_path):
     """Compile-option variants of the scorer are checked against the default before they are timed."""
     out = tmp_path / "ab"
