@@ -47,7 +47,61 @@ VARIANTS = {
     "chunk8": 8,
     "chunk16": 16,
     "chunk32": 32,
+    # not compile options either: the same model with its convolutions written another way (cnn._conv replaced
+    # while the variant is traced); same weights, same rows kept
+    "im2col": "lowering",   # patches (lax.conv_general_dilated_patches) then one dot per convolution
+    "im2col_slices": "lowering",  # patches built from k*k shifted slices (concatenated) then one dot
+    "nchw": "lowering",     # the convolutions in NCHW / OIHW layout (transposes around each)
 }
+
+
+def _conv_im2col(conv, x, keep, pad):
+    import jax
+
+    x = x[:, :keep, :keep]
+    k = conv.kernel.value  # (kh, kw, cin, cout)
+    patches = jax.lax.conv_general_dilated_patches(x, k.shape[:2], (1, 1), (pad, pad),
+                                                   dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    # patches' features are ordered (cin, kh, kw)
+    w = k.transpose(2, 0, 1, 3).reshape(-1, k.shape[3])
+    return patches @ w + conv.bias.value
+
+
+def _conv_im2col_slices(conv, x, keep, pad):
+    import jax.numpy as jnp
+
+    k = conv.kernel.value  # (kh, kw, cin, cout)
+    kh, kw = k.shape[:2]
+    x = jnp.pad(x[:, :keep, :keep], ((0, 0), pad, pad, (0, 0)))
+    oh, ow = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+    patches = jnp.concatenate([x[:, i:i + oh, j:j + ow] for i in range(kh) for j in range(kw)], axis=-1)
+    return patches @ k.reshape(-1, k.shape[3]) + conv.bias.value  # features ordered (kh, kw, cin)
+
+
+def _conv_nchw(conv, x, keep, pad):
+    import jax
+
+    y = jax.lax.conv_general_dilated(x[:, :keep, :keep].transpose(0, 3, 1, 2), conv.kernel.value.transpose(3, 2, 0, 1),
+                                     (1, 1), (pad, pad), dimension_numbers=("NCHW", "OIHW", "NCHW"))
+    return y.transpose(0, 2, 3, 1) + conv.bias.value
+
+
+def _lowering(mdir, name: str, batch: int):
+    """The scorer's program traced with cnn._conv replaced by the variant's, compiled for `batch`."""
+    import jax
+
+    from btsbot_jax.inference.scorer import load_scorer
+    from btsbot_jax.models import cnn
+
+    original = cnn._conv
+    cnn._conv = {"im2col": _conv_im2col, "im2col_slices": _conv_im2col_slices,
+                 "nchw": _conv_nchw}[name]
+    try:
+        s = load_scorer(mdir, buckets=(batch,))
+        t, m = common.make_inputs(batch)
+        return s._predict.lower(s._state, jax.device_put(t), jax.device_put(m)).compile()
+    finally:
+        cnn._conv = original
 
 
 def _chunked(scorer, rows: int, batch: int):
@@ -95,6 +149,8 @@ def _main(argv):
                 try:
                     if isinstance(VARIANTS[name], int):
                         var = _chunked(scorer, VARIANTS[name], b)
+                    elif VARIANTS[name] == "lowering":
+                        var = _lowering(mdir, name, b)
                     else:
                         var = lowered.compile(compiler_options=VARIANTS[name] or None)
                 except Exception as e:  # an option this jaxlib does not know
