@@ -121,7 +121,8 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(s3_broker, scorer,
     # before the batch itself (watermark.json, then the .batch object). Killed between the two, it answers the
     # producer's retry of that batch DUPLICATE_SEQUENCE_NUMBER, which a Kafka client must take as "already
     # written": the batch's results are lost although the scorer did everything right, and the test waited in vain
-    # for them. A plain retry is appended again, a duplicate at worst, which at-least-once allows.
+    # for them (tests/test_kafka_broker.py reproduces it). A plain retry is appended again, a duplicate at worst,
+    # which at-least-once allows.
     cfg.producer_config.update({"reconnect.backoff.max.ms": 1000, "enable.idempotence": False})
     stream = StreamScorer(scorer, cfg)
     failure: list[BaseException] = []
