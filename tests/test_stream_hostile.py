@@ -11,7 +11,6 @@ letter; the only duplicates are offsets not yet committed at the kill: at-least-
 from __future__ import annotations
 
 import json
-import os
 import resource
 import threading
 import time
@@ -109,9 +108,6 @@ def _outputs(b, name: str) -> dict[tuple[int, int], int]:
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("BTSBOT_BROKER_RESTART_TEST"),
-                    reason="flaky: once the consumer got no message after the S3-backed tansu restart; "
-                           "run it with BTSBOT_BROKER_RESTART_TEST=1 (docs/security.md)")
 def test_broker_killed_and_restarted_mid_stream_loses_nothing(s3_broker, scorer, packets):  # noqa: F811
     b = s3_broker
     values = [p.value for p in packets[:150]]
@@ -121,7 +117,13 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(s3_broker, scorer,
     # reconnect quickly once the broker is back (librdkafka backs off up to 10 s by default)
     cfg = config(b, "r", idle_timeout_s=None, max_batch=8, flush_timeout_s=120.0)
     cfg.consumer_config.update({"reconnect.backoff.max.ms": 1000})
-    cfg.producer_config.update({"reconnect.backoff.max.ms": 1000})
+    # Not idempotent here: tansu 0.6 on S3 storage writes an idempotent producer's new sequence number (meta.json)
+    # before the batch itself (watermark.json, then the .batch object). Killed between the two, it answers the
+    # producer's retry of that batch DUPLICATE_SEQUENCE_NUMBER, which a Kafka client must take as "already
+    # written": the batch's results are lost although the scorer did everything right, and the test waited in vain
+    # for them (tests/test_kafka_broker.py reproduces it). A plain retry is appended again, a duplicate at worst,
+    # which at-least-once allows.
+    cfg.producer_config.update({"reconnect.backoff.max.ms": 1000, "enable.idempotence": False})
     stream = StreamScorer(scorer, cfg)
     failure: list[BaseException] = []
 
@@ -144,10 +146,11 @@ def test_broker_killed_and_restarted_mid_stream_loses_nothing(s3_broker, scorer,
         time.sleep(DOWN_S)  # the scorer meets a dead broker: connections refused, commits and deliveries wait
         b.restart()
         deadline = time.monotonic() + 300
-        while not set(_outputs(b, "r")) >= set(where):
+        while missing := sorted(set(where) - set(_outputs(b, "r"))):
             assert not failure, f"the scorer died on the restart: {failure[0]!r}"
             assert t.is_alive(), "the scorer stopped"
-            assert time.monotonic() < deadline, "not every alert came out after the restart"
+            assert time.monotonic() < deadline, (f"not every alert came out after the restart: (partition, offset) "
+                                                 f"{missing[:16]} missing, summary {stream.stats.summary()}")
             time.sleep(1.0)
     finally:
         stream.stop("test over")
