@@ -1,6 +1,6 @@
 """btsbot-spark-score on local[1] and local[2] against btsbot-score, on the same simulated archive and machine.
 
-    python benchmarks/spark_score.py             # >= 50,000 simulated alerts (1,150 sources)
+    python benchmarks/spark_score.py             # >= 50,000 simulated alerts (1,300 sources)
     python benchmarks/spark_score.py --quick     # smoke run: ~30 sources, ~1,300 alerts
 
 Each command runs as a user runs it (a fresh process: imports, JVM and Python workers, model loading, compilation,
@@ -32,7 +32,7 @@ from absl import app, flags  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_bool("quick", False, "Smoke mode: ~30 simulated sources (checks structure, not speed).")
-flags.DEFINE_integer("num_sources", 1150, "Simulated sources (~45 alerts each: 1,150 give >= 50,000 alerts).")
+flags.DEFINE_integer("num_sources", 1300, "Simulated sources (~40 alerts each: 1,300 give >= 50,000 alerts).")
 flags.DEFINE_integer("seed", 0, "Simulation seed.")
 flags.DEFINE_string("workdir", None, "Where the simulated archive and outputs go (default: a temporary folder); an "
                     "archive already there (sim/alerts) is reused.")
