@@ -135,3 +135,37 @@ def test_input_checks_import_without_flax():
     code = ("import sys; import btsbot_jax.inference.validation as i; "
             "assert 'flax' not in sys.modules and 'tensorflow' not in sys.modules, sorted(sys.modules)")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_model_compile_options_apply_on_cpu_and_unknown_ones_fall_back(caplog):
+    """A model's `cpu_compiler_options` reach XLA (v2 models carry YNNPACK settings); an option value this jaxlib
+    rejects falls back to XLA's defaults with a warning, and the scores are those of a plain scorer."""
+    import jax
+
+    from btsbot_jax.inference.scorer import Scorer
+    from btsbot_jax.models import v2
+
+    cfg = default_model_config("mm_cnn")
+    rng = np.random.default_rng(3)
+    t = rng.normal(size=(5, 63, 63, 3)).astype(np.float32)
+    m = rng.normal(size=(5, 25)).astype(np.float32)
+    plain = Scorer(create_model(cfg, seed=0), {"version": "t"}, buckets=(8,))
+    assert plain.compiler_options == {}
+    ref = plain(t, m)
+
+    model = create_model(cfg, seed=0)
+    model.cpu_compiler_options = dict(v2.CPU_COMPILER_OPTIONS)
+    tuned = Scorer(model, {"version": "t"}, buckets=(8,))
+    assert tuned.compiler_options == (v2.CPU_COMPILER_OPTIONS if jax.default_backend() == "cpu" else {})
+    np.testing.assert_allclose(tuned(t, m), ref, atol=1e-5)
+
+    bad = create_model(cfg, seed=0)
+    bad.cpu_compiler_options = {"xla_cpu_experimental_ynn_fusion_type": "NOT_A_FUSION_TYPE"}
+    fallback = Scorer(bad, {"version": "t"}, buckets=(8,))
+    if jax.default_backend() == "cpu":
+        with caplog.at_level("WARNING", logger="btsbot_jax.inference.scorer"):
+            got = fallback(t, m)
+        assert fallback.compiler_options == {} and "rejects the model's XLA:CPU options" in caplog.text
+    else:
+        got = fallback(t, m)
+    np.testing.assert_array_equal(got, ref)

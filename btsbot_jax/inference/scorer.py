@@ -8,6 +8,7 @@ NaN/inf raises `InputError` naming the offending row, never a silent score.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -20,6 +21,8 @@ from flax import nnx
 from btsbot_jax.constants import METADATA_COLUMNS
 from btsbot_jax.inference.validation import DEFAULT_BUCKETS, InputError, bucket_for, validate_inputs
 from btsbot_jax.models.model_dir import CheckpointError, load_model, read_model_card, resolve_checkpoint
+
+log = logging.getLogger(__name__)
 
 
 class Scorer:
@@ -54,7 +57,12 @@ class Scorer:
                 triplets, metadata = triplets.astype(cdt), metadata.astype(cdt)
             return nnx.merge(graphdef, state)(triplets, metadata)[:, 0].astype(jnp.float32)
 
-        self._predict = jax.jit(predict)
+        self._predict_fn = predict
+        # A model may carry XLA:CPU compile options that suit it (models.v2.CPU_COMPILER_OPTIONS); they are
+        # experimental XLA options, so a jaxlib that does not know them falls back to the defaults (see _run).
+        self.compiler_options = (dict(getattr(model, "cpu_compiler_options", None) or {})
+                                 if self.device.platform == "cpu" else {})
+        self._predict = jax.jit(predict, compiler_options=self.compiler_options or None)
 
     def compiled_sizes(self) -> int:
         """How many programs the jit cache holds (tests check this stays at the bucket count)."""
@@ -66,7 +74,16 @@ class Scorer:
                       np.zeros((b, len(self.metadata_columns)), np.float32))
 
     def _run(self, t: np.ndarray, m: np.ndarray) -> np.ndarray:
-        return np.asarray(self._predict(self._state, t, m))
+        try:
+            return np.asarray(self._predict(self._state, t, m))
+        except Exception as e:  # jaxlib's error types vary by version; only an option it rejects is handled here
+            if not self.compiler_options or not any(k in str(e) for k in self.compiler_options):
+                raise
+            log.warning("this jaxlib rejects the model's XLA:CPU options %s (%s); compiling with the defaults",
+                            self.compiler_options, str(e).splitlines()[0][:200])
+            self.compiler_options = {}
+            self._predict = jax.jit(self._predict_fn)
+            return np.asarray(self._predict(self._state, t, m))
 
     def __call__(self, triplets, metadata) -> np.ndarray:
         t, m = validate_inputs(

@@ -74,10 +74,22 @@ class _Mlp(nnx.Module):
         return self.drop(x) if self.drop_after == 2 else x
 
 
+# XLA:CPU compile options for inference (btsbot_jax.inference.scorer applies them on CPU only). By default XLA
+# hands YNNPACK whole fusions of dots with their elementwise neighbours; for ConvNeXt's many small dot + bias +
+# GELU + LayerNorm + layer-scale sequences that materialises broadcasts and splits the depthwise sums, and dots
+# alone in YNNPACK with XLA fusing the elementwise work itself run faster (benchmarks/README.md, "v2 vs v1").
+# v1's mm_cnn is the opposite case (its one fused convolution stack is fastest by default), so this is per model.
+CPU_COMPILER_OPTIONS = {
+    "xla_cpu_experimental_ynn_fusion_type":
+        "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION",
+}
+
+
 class V2Model(nnx.Module):
     """Common interface: logits(triplets, metadata) -> (N, 1); __call__ -> sigmoid score (N, 1)."""
 
     model_name: str = ""
+    cpu_compiler_options = CPU_COMPILER_OPTIONS
 
     def logits(self, triplets: jax.Array, metadata: jax.Array) -> jax.Array:
         raise NotImplementedError
