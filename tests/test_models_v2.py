@@ -178,3 +178,31 @@ def test_unsupported_configs_are_refused_with_the_reason():
     mm.image_size = 127  # final map 3x3: upstream's head (sized for a 1x1 map) would not fit
     with pytest.raises(ValueError, match="1x1"):
         create_model(mm)
+
+
+@pytest.mark.parametrize("n_in,n_out,kernel,stride,padding,groups,side", [
+    (64, 64, 7, 1, None, 64, 15),    # ConvNeXt depthwise, every tap inside the map
+    (256, 256, 7, 1, None, 256, 3),  # ConvNeXt stage 3: taps beyond the 3x3 map skipped
+    (512, 512, 7, 1, None, 512, 1),  # stage 4: only the centre tap
+    (32, 32, 3, 2, None, 32, 8),     # MaxViT MBConv depthwise, stride 2, even side
+    (32, 32, 3, 2, None, 32, 7),     # odd side
+    (16, 16, 3, 2, None, 16, 1),
+    (8, 8, 5, 2, None, 8, 9),
+    (3, 64, 4, 4, 0, 1, 63),         # ConvNeXt patch stem: 63 -> 15, the last 3 rows/columns unused
+    (64, 128, 2, 2, 0, 1, 15),       # ConvNeXt downsampling
+    (32, 48, 1, 1, 0, 1, 5),         # 1x1 convolution
+    (16, 24, 3, 2, None, 1, 9),      # an ordinary strided conv: nnx.Conv's own path
+])
+def test_conv2d_rewrites_equal_nnx_conv(n_in, n_out, kernel, stride, padding, groups, side):
+    """v2_layers.Conv2d computes depthwise and patchify convolutions as shifted sums / a matmul: the same values
+    as nnx.Conv with the same parameters (float32 rounding only)."""
+    from btsbot_jax.models.v2_layers import conv
+
+    c = conv(n_in, n_out, kernel, stride=stride, padding=padding, groups=groups, rngs=nnx.Rngs(0))
+    c.kernel.value = jax.random.normal(jax.random.key(1), c.kernel.shape)
+    c.bias.value = jax.random.normal(jax.random.key(2), c.bias.shape)
+    x = jax.random.normal(jax.random.key(3), (3, side, side, n_in))
+    ref = nnx.Conv.__call__(c, x)
+    got = c(x)
+    assert got.shape == ref.shape
+    np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5)

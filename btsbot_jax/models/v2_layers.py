@@ -48,23 +48,23 @@ def timm_padding(kernel: int, stride: int = 1, dilation: int = 1) -> int:
     return ((stride - 1) + dilation * (kernel - 1)) // 2
 
 
-def depthwise_conv(x: jax.Array, kernel: jax.Array, pad: int) -> jax.Array:
-    """Stride-1 depthwise convolution (kernel (k, k, 1, C), symmetric zero padding `pad`) as a sum of shifted
-    products: one elementwise loop that XLA fuses, where its grouped-convolution path on CPU is many times slower
-    than the FLOPs warrant. Taps that only ever see padding (offsets beyond the map, e.g. a 7x7 kernel on ConvNeXt's
-    3x3 and 1x1 stages) are skipped; they add exact zeros."""
+def depthwise_conv(x: jax.Array, kernel: jax.Array, pad: int, stride: int = 1) -> jax.Array:
+    """Depthwise convolution (kernel (k, k, 1, C), symmetric zero padding `pad`, square stride) as a sum of shifted
+    (strided) products: one elementwise loop that XLA fuses, where its grouped-convolution path on CPU is many times
+    slower than the FLOPs warrant. Taps that only ever see padding (offsets beyond the map, e.g. a 7x7 kernel on
+    ConvNeXt's 3x3 and 1x1 stages) are skipped; they add exact zeros."""
     n, h, w, c = x.shape
-    k = kernel.shape[0]
-    out_h, out_w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
+    k, s = kernel.shape[0], stride
+    out_h, out_w = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     acc = None
     for i in range(k):
-        if i + out_h <= pad or i >= pad + h:  # rows i .. i+out_h-1 of xp are all padding
+        if i + s * (out_h - 1) < pad or i >= pad + h:  # rows i, i+s, ... of xp are all padding
             continue
         for j in range(k):
-            if j + out_w <= pad or j >= pad + w:
+            if j + s * (out_w - 1) < pad or j >= pad + w:
                 continue
-            term = xp[:, i:i + out_h, j:j + out_w, :] * kernel[i, j, 0]
+            term = xp[:, i:i + s * (out_h - 1) + 1:s, j:j + s * (out_w - 1) + 1:s, :] * kernel[i, j, 0]
             acc = term if acc is None else acc + term
     return acc if acc is not None else jnp.zeros((n, out_h, out_w, c), x.dtype)
 
@@ -82,15 +82,15 @@ def patch_conv(x: jax.Array, kernel: jax.Array) -> jax.Array:
 
 class Conv2d(nnx.Conv):
     """nnx.Conv (same parameters, same results) that computes the shapes XLA:CPU handles poorly as a grouped or
-    strided convolution (depthwise stride 1, patchify) with the equivalent elementwise sum or matmul."""
+    strided convolution (depthwise, patchify) with the equivalent elementwise sum or matmul."""
 
     def __call__(self, x: jax.Array) -> jax.Array:
         k, s = self.kernel_size, self.strides
         pads = self.padding
         square = k[0] == k[1] and s[0] == s[1] and isinstance(pads, tuple) and len({p for pp in pads for p in pp}) == 1
         y = None
-        if square and self.feature_group_count == self.in_features == self.out_features and s[0] == 1:
-            y = depthwise_conv(x, self.kernel[...], pads[0][0])
+        if square and self.feature_group_count == self.in_features == self.out_features:
+            y = depthwise_conv(x, self.kernel[...], pads[0][0], s[0])
         elif square and self.feature_group_count == 1 and s[0] == k[0] and pads[0][0] == 0:
             y = patch_conv(x, self.kernel[...])
         if y is None:
