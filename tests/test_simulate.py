@@ -241,6 +241,21 @@ def test_light_curve_models():
     assert per.ref_mag(2) < 15.0 + 1e-9
 
 
+def test_unsaved_sne_in_the_rejects_are_faint_or_seen_briefly():
+    """A SN watched for weeks at <= 18.5 mag is what BTS saves (a true); the unsaved SNe among the rejects peak
+    fainter, except a few missed at the end of their season, whose alerts stop within 10 days of the peak."""
+    from btsbot_jax.sim.population import BRIGHT_LIMIT, UNSAVED_BRIGHT_SHARE
+
+    sn = [s for s in (draw_source(i, "rejects", 11) for i in range(1500)) if s.subtype == "unsaved SN"]
+    assert len(sn) > 60
+    peak = np.array([s.truth["peak_mag"] for s in sn])
+    after_peak = np.array([s.t_hi - s.lc.t_peak for s in sn])
+    bright = peak <= BRIGHT_LIMIT
+    assert abs(bright.mean() - UNSAVED_BRIGHT_SHARE) < 0.1
+    assert (after_peak[bright] <= 10).all() and (after_peak[bright] >= 0).all()
+    assert np.median(after_peak[~bright]) > 30 and (peak[~bright] < 19.6).all()
+
+
 # ------------------------------------------------------------------------------------------- with real data
 @pytest.mark.slow
 def test_v101_recognises_the_simulated_bright_transients(run, v101_checkpoint):

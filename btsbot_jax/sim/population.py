@@ -36,6 +36,8 @@ VAR_TYPES = (("AGN", 0.30), ("QSO", 0.15), ("CV", 0.20), ("RR Lyr", 0.12), ("EB"
 REJECT_TYPES = (("dipole", 0.34), ("galaxy residual", 0.10), ("cosmic ray", 0.08), ("hot pixel", 0.04),
                 ("bad column", 0.06), ("ghost", 0.06), ("asteroid", 0.08), ("stellar flare", 0.08),
                 ("nuclear flicker", 0.09), ("unsaved SN", 0.07))
+# share of the unsaved SNe (rejects) that peak brighter than 18.5: the ones missed at the end of a season
+UNSAVED_BRIGHT_SHARE = 0.15
 BOGUS_TYPES = {"dipole", "galaxy residual", "cosmic ray", "hot pixel", "bad column", "ghost"}
 
 CCD_NX, CCD_NY = 3072, 3080
@@ -477,11 +479,17 @@ def draw_source(index: int, set_name: str, seed: int) -> Source:
             realness = float(rng.normal(4.0, 2.5))
             duty = rng.uniform(0.01, 0.1)
         else:  # unsaved SN: a real transient the scanners did not save (honest label noise)
+            # BTS sets out to classify every extragalactic transient peaking brighter than 18.5 mag (Fremling et
+            # al. 2020; Perley et al. 2020), and trues are exactly those (Rehemtulla et al. 2024, Table 1): a SN
+            # watched for weeks at <= 18.5 is saved. So the SNe left in the rejects mostly peak fainter (the
+            # scanners judged they would not make 18.5); the few bright ones were missed because the field set
+            # soon after the peak (the end of its season), so few alerts carry the label noise.
             ts = _pick(rng, TRANSIENT_TYPES[:3])
-            peak = float(rng.uniform(17.6, 19.2))
+            missed_bright = rng.random() < UNSAVED_BRIGHT_SHARE
+            peak = float(rng.uniform(17.6, BRIGHT_LIMIT) if missed_bright else rng.uniform(BRIGHT_LIMIT + 0.02, 19.5))
             lc, duration = _transient(rng, ts, peak, t_event)
             t_lo = t_event - lc.tau_rise * 4 - rng.uniform(25, 45)
-            t_hi = t_event + min(duration, 120)
+            t_hi = t_event + (rng.uniform(0, 10) if missed_bright else min(duration, 120))
             host = _host(rng, float(np.clip(rng.normal(peak, 1.3), 13, 23)))
             cand_offset = _offset_in_host(rng, host)
             objects.append(host)
