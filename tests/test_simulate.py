@@ -27,7 +27,7 @@ from btsbot_jax.sim import render
 from btsbot_jax.sim.generate import simulate_source
 from btsbot_jax.sim.packets import AlertEncoder, container_bytes, sync_marker, write_container
 from btsbot_jax.sim.pipeline import SimConfig, simulate
-from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
+from btsbot_jax.sim.population import SET_FRACTIONS, TRUE_SEEN_LIMIT, assign_sets, draw_source
 from btsbot_jax.sim.survey import make_nights
 
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
@@ -124,6 +124,9 @@ def test_source_mix_and_labels(run):
     tr = truth[truth["source_set"] == "trues"]
     dm = truth[truth["source_set"] == "dims"]
     assert (tr["peak_mag"] <= 18.5).all() and (dm["peak_mag"] > 18.5).all()
+    # a true is one ZTF saw bright (its brightest g/r alert within 0.3 mag of the limit); the others were redrawn
+    assert (tr["peak_obs"] <= TRUE_SEEN_LIMIT).all() and (tr["draws"] > 1).any() and (truth["draws"] < 5).all()
+    assert (truth.loc[truth["source_set"] != "trues", "draws"] == 1).all()
     assert (dm["peak_mag"] < 18.8).any()  # some just fainter than the limit
     assert truth["objectId"].is_unique
     assert set(res.alerts["objectId"]) <= set(truth["objectId"])
