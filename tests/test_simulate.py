@@ -27,7 +27,7 @@ from btsbot_jax.sim import render
 from btsbot_jax.sim.generate import simulate_source
 from btsbot_jax.sim.packets import AlertEncoder, container_bytes, sync_marker, write_container
 from btsbot_jax.sim.pipeline import SimConfig, simulate
-from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
+from btsbot_jax.sim.population import SET_FRACTIONS, TRUE_SEEN_LIMIT, assign_sets, draw_source
 from btsbot_jax.sim.survey import make_nights
 
 CUTOUTS = ("cutoutScience", "cutoutTemplate", "cutoutDifference")
@@ -124,6 +124,9 @@ def test_source_mix_and_labels(run):
     tr = truth[truth["source_set"] == "trues"]
     dm = truth[truth["source_set"] == "dims"]
     assert (tr["peak_mag"] <= 18.5).all() and (dm["peak_mag"] > 18.5).all()
+    # a true is one ZTF saw bright (its brightest g/r alert within 0.3 mag of the limit); the others were redrawn
+    assert (tr["peak_obs"] <= TRUE_SEEN_LIMIT).all() and (tr["draws"] > 1).any() and (truth["draws"] < 5).all()
+    assert (truth.loc[truth["source_set"] != "trues", "draws"] == 1).all()
     assert (dm["peak_mag"] < 18.8).any()  # some just fainter than the limit
     assert truth["objectId"].is_unique
     assert set(res.alerts["objectId"]) <= set(truth["objectId"])
@@ -239,6 +242,21 @@ def test_light_curve_models():
     assert abs(x.mean()) < 0.1 and 0.15 < x.std() < 0.28  # SF_inf / sqrt(2) = 0.21
     per = lcs.Periodic("rrlyr", {1: 15.2, 2: 15.0, 3: 14.9}, 0.55, {1: 1.0, 2: 0.8, 3: 0.6}, 0.3)
     assert per.ref_mag(2) < 15.0 + 1e-9
+
+
+def test_unsaved_sne_in_the_rejects_are_faint_or_seen_briefly():
+    """A SN watched for weeks at <= 18.5 mag is what BTS saves (a true); the unsaved SNe among the rejects peak
+    fainter, except a few missed at the end of their season, whose alerts stop within 10 days of the peak."""
+    from btsbot_jax.sim.population import BRIGHT_LIMIT, UNSAVED_BRIGHT_SHARE
+
+    sn = [s for s in (draw_source(i, "rejects", 11) for i in range(1500)) if s.subtype == "unsaved SN"]
+    assert len(sn) > 60
+    peak = np.array([s.truth["peak_mag"] for s in sn])
+    after_peak = np.array([s.t_hi - s.lc.t_peak for s in sn])
+    bright = peak <= BRIGHT_LIMIT
+    assert abs(bright.mean() - UNSAVED_BRIGHT_SHARE) < 0.1
+    assert (after_peak[bright] <= 10).all() and (after_peak[bright] >= 0).all()
+    assert np.median(after_peak[~bright]) > 30 and (peak[~bright] < 19.6).all()
 
 
 # ------------------------------------------------------------------------------------------- with real data

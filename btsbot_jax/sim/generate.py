@@ -113,9 +113,13 @@ def _gaia(src: Source) -> dict:
 
 
 def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool = True,
-                    level: int = 1) -> tuple[list[dict], dict]:
-    """Alert packets (ZTF layout, time order) of one source and its truth-table row."""
-    rng = np.random.default_rng([seed, 0x0B5, src.index])
+                    level: int = 1, seen_limit: float | None = None) -> tuple[list[dict], dict]:
+    """Alert packets (ZTF layout, time order) of one source and its truth-table row.
+
+    With `seen_limit`, a true whose brightest g/r alert is fainter than that (or that has none) gets no packets and
+    `truth["seen"] = False`, before any stamp is rendered: the caller draws it again (population.TRUE_SEEN_LIMIT).
+    """
+    rng = np.random.default_rng([seed, 0x0B5, src.index] + ([src.draw] if src.draw else []))
     jd, fid = schedule(rng, nights, src.t_lo, src.t_hi, src.ra, src.p_visit)
     vis = conditions(rng, nights, jd, fid)
     n = len(vis)
@@ -153,6 +157,9 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
                                                                float(src.t_lo))
     oid = object_id(src.index, seed, first_jd)
     truth["objectId"] = oid
+    if seen_limit is not None and src.set == "trues" and not truth["peak_obs"] <= seen_limit:
+        truth["seen"] = False
+        return [], truth
     if not alert.any():
         return [], truth
 

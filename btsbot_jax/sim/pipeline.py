@@ -29,7 +29,7 @@ from btsbot_jax.constants import IMAGE_SIZE, METADATA_COLUMNS
 from btsbot_jax.ingest.features import prepare_batch
 from btsbot_jax.sim.generate import simulate_source
 from btsbot_jax.sim.packets import AlertEncoder, container_parts, sync_marker
-from btsbot_jax.sim.population import SET_FRACTIONS, assign_sets, draw_source
+from btsbot_jax.sim.population import MAX_DRAWS, SET_FRACTIONS, TRUE_SEEN_LIMIT, assign_sets, draw_source
 from btsbot_jax.sim.survey import make_nights
 
 ALERTS_DIR = "alerts"
@@ -94,8 +94,14 @@ def _run_chunk(args) -> dict:
     nights = make_nights(cfg.seed)
     records, truths = [], []
     for i in range(lo, hi):
-        src = draw_source(i, sets[i - lo], cfg.seed)
-        recs, truth = simulate_source(src, nights, cfg.seed, level=cfg.gzip_level)
+        for draw in range(MAX_DRAWS):  # a true ZTF did not see bright is not a BTS true: draw it again
+            src = draw_source(i, sets[i - lo], cfg.seed, draw)
+            last = draw == MAX_DRAWS - 1
+            recs, truth = simulate_source(src, nights, cfg.seed, level=cfg.gzip_level,
+                                          seen_limit=None if last else TRUE_SEEN_LIMIT)
+            if truth.pop("seen", True):
+                break
+        truth["draws"] = draw + 1
         records += recs
         truths.append(truth)
     # the chunk's alerts in time order (ties: by candid), as a night's stream would deliver them
