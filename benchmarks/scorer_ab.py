@@ -42,6 +42,10 @@ VARIANTS = {
     "vector512": {"xla_cpu_prefer_vector_width": 512},
     "fast_min_max": {"xla_cpu_enable_fast_min_max": True},
     "concurrency_scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
+    # YNNPACK takes dots and convolutions one by one, XLA fuses the elementwise work (what v2 models use:
+    # models.v2.CPU_COMPILER_OPTIONS)
+    "ynn_individual": {"xla_cpu_experimental_ynn_fusion_type":
+                       "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
     # not compile options: the same default program run on the batch in chunks of this many rows (smaller
     # activations per call: 64 alerts' conv1 output alone is 32 MB of float32, more than the caches hold)
     "chunk8": 8,

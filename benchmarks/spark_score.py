@@ -11,6 +11,11 @@ also re-verifies parity at scale. Reported: alerts/s of each run, Spark's overhe
 per master) and the scaling from 1 to 2 local cores. The model is a randomly initialised mm_cnn (the v1.0.1
 architecture: the same work per alert) unless --checkpoint is given. The load average before and after every run is
 recorded: on a shared machine it says how much the numbers can be trusted.
+
+Cores: by default each command runs under `taskset -c 0..N-1` (local[N] on N cores; btsbot-score once per N, on
+the same cores, as the overhead's reference). Unpinned (--nopin_cores), a local[1] job's single Python worker
+already spreads the model over every core through XLA's thread pool, so local[1] -> local[2] shows no scaling on a
+small machine (results/spark_score_cpu_unpinned.json).
 """
 
 from __future__ import annotations
@@ -39,8 +44,22 @@ flags.DEFINE_string("workdir", None, "Where the simulated archive and outputs go
 flags.DEFINE_string("checkpoint", None, "Model directory (default: a randomly initialised mm_cnn).")
 flags.DEFINE_list("masters", ["local[1]", "local[2]"], "Spark masters to time.")
 flags.DEFINE_integer("batch_size", 256, "Alerts per model call (btsbot-score's default).")
+flags.DEFINE_bool("pin_cores", True, "Run each command on exactly the cores it is given (taskset -c 0..N-1 for "
+                  "local[N], btsbot-score on the same N cores), so local[1] is one core and local[2] two; without "
+                  "it every run sees the whole machine (XLA's thread pool in a local[1] worker already uses every "
+                  "core, which hides the scaling).")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON goes.")
 flags.DEFINE_string("name", "spark_score_cpu", "JSON file name (without .json).")
+
+
+def _cores(master: str) -> int:
+    """N of local[N] / local[N,F]."""
+    inner = master[master.index("[") + 1:master.index("]")].split(",")[0]
+    return os.cpu_count() if inner == "*" else int(inner)
+
+
+def _pinned(cmd: list[str], n: int | None) -> list[str]:
+    return cmd if n is None else ["taskset", "-c", f"0-{n - 1}", *cmd]
 
 
 def _run(cmd: list[str], env: dict) -> tuple[float, subprocess.CompletedProcess, list, list]:
@@ -93,42 +112,55 @@ def main(argv):
            "PYSPARK_PYTHON": os.environ.get("PYSPARK_PYTHON", sys.executable)}
 
     runs = {}
-    ref_out = work / "btsbot_score.parquet"
-    common.log("btsbot-score ...")
-    wall, p, la0, la1 = _run([sys.executable, "-m", "btsbot_jax.cli.score", f"--checkpoint={checkpoint}",
-                              f"--input={alerts}", f"--output={ref_out}", f"--batch_size={FLAGS.batch_size}",
-                              f"--summary_json={work / 'btsbot_score_summary.json'}", "--noprogress"], env)
-    s = json.loads((work / "btsbot_score_summary.json").read_text())
-    n = s["records_read"]
-    runs["btsbot-score"] = {"wall_s": wall, "alerts_per_s_wall": n / wall, "seconds_in_run": s["seconds"],
-                            "alerts_per_s_in_run": s["alerts_per_s"], "load_average_before": la0,
-                            "load_average_after": la1, "summary": s}
-    common.log(f"btsbot-score: {n} alerts in {wall:.1f} s ({n / wall:.1f} alerts/s)")
+    pins = sorted({_cores(m) for m in FLAGS.masters}) if FLAGS.pin_cores else [None]
+    refs = {}
+    for pin in pins:  # btsbot-score on the same cores as each Spark master
+        name = "btsbot-score" if pin is None else f"btsbot-score[{pin}]"
+        ref_out = work / f"btsbot_score{'' if pin is None else pin}.parquet"
+        summary = work / f"btsbot_score{'' if pin is None else pin}_summary.json"
+        common.log(f"{name} ...")
+        wall, p, la0, la1 = _run(_pinned([sys.executable, "-m", "btsbot_jax.cli.score", f"--checkpoint={checkpoint}",
+                                          f"--input={alerts}", f"--output={ref_out}",
+                                          f"--batch_size={FLAGS.batch_size}", f"--summary_json={summary}",
+                                          "--noprogress"], pin), env)
+        s = json.loads(summary.read_text())
+        n = s["records_read"]
+        runs[name] = {"cores": pin, "wall_s": wall, "alerts_per_s_wall": n / wall, "seconds_in_run": s["seconds"],
+                      "alerts_per_s_in_run": s["alerts_per_s"], "load_average_before": la0,
+                      "load_average_after": la1, "summary": s}
+        refs[pin] = (name, ref_out)
+        common.log(f"{name}: {n} alerts in {wall:.1f} s ({n / wall:.1f} alerts/s)")
+    derived = {}
     for master in FLAGS.masters:
+        pin = _cores(master) if FLAGS.pin_cores else None
+        ref_name, ref_out = refs[pin]
         out = work / f"spark_{master.replace('[', '_').replace(']', '').replace(',', '_')}"
         common.log(f"btsbot-spark-score --master={master} ...")
-        wall, p, la0, la1 = _run([sys.executable, "-m", "btsbot_jax.cli.spark_score", f"--checkpoint={checkpoint}",
-                                  f"--input={alerts}", f"--output={out}", f"--master={master}",
-                                  f"--batch_size={FLAGS.batch_size}",
-                                  "--spark_conf=spark.ui.enabled=false,spark.ui.showConsoleProgress=false"], env)
+        wall, p, la0, la1 = _run(_pinned([sys.executable, "-m", "btsbot_jax.cli.spark_score",
+                                          f"--checkpoint={checkpoint}", f"--input={alerts}", f"--output={out}",
+                                          f"--master={master}", f"--batch_size={FLAGS.batch_size}",
+                                          "--spark_conf=spark.ui.enabled=false,spark.ui.showConsoleProgress=false"],
+                                         pin), env)
         ss = json.loads((out / "summary.json").read_text())
+        s = runs[ref_name]["summary"]
         for k in ("records_read", "scored", "rejected", "duplicates"):
             if ss[k] != s[k]:
                 raise SystemExit(f"{master}: {k} {ss[k]} != btsbot-score's {s[k]}")
-        runs[master] = {"wall_s": wall, "alerts_per_s_wall": n / wall, "seconds_in_run": ss["seconds"],
+        runs[master] = {"cores": pin, "wall_s": wall, "alerts_per_s_wall": n / wall, "seconds_in_run": ss["seconds"],
                         "alerts_per_s_in_run": ss["alerts_per_s"], "load_average_before": la0,
                         "load_average_after": la1, "parity": _compare(ref_out, out), "summary": ss}
         common.log(f"{master}: {wall:.1f} s ({n / wall:.1f} alerts/s), parity {runs[master]['parity']}")
-
-    ref_rate = runs["btsbot-score"]["alerts_per_s_wall"]
-    derived = {f"overhead_{m}": ref_rate / runs[m]["alerts_per_s_wall"] for m in FLAGS.masters}
-    derived.update({f"overhead_in_run_{m}": runs["btsbot-score"]["alerts_per_s_in_run"]
-                    / runs[m]["alerts_per_s_in_run"] for m in FLAGS.masters})
+        derived[f"overhead_{master}"] = runs[ref_name]["alerts_per_s_wall"] / runs[master]["alerts_per_s_wall"]
+        derived[f"overhead_in_run_{master}"] = (runs[ref_name]["alerts_per_s_in_run"]
+                                                / runs[master]["alerts_per_s_in_run"])
     if {"local[1]", "local[2]"} <= set(FLAGS.masters):
         derived["scaling_local1_to_local2"] = (runs["local[2]"]["alerts_per_s_wall"]
                                                / runs["local[1]"]["alerts_per_s_wall"])
         derived["scaling_in_run_local1_to_local2"] = (runs["local[2]"]["alerts_per_s_in_run"]
                                                       / runs["local[1]"]["alerts_per_s_in_run"])
+    if FLAGS.pin_cores and {1, 2} <= set(refs):
+        derived["scaling_btsbot_score_1_to_2_cores"] = (runs["btsbot-score[2]"]["alerts_per_s_wall"]
+                                                        / runs["btsbot-score[1]"]["alerts_per_s_wall"])
     report = {
         "benchmark": "spark_score",
         "machine": common.finish_machine_info(info),
@@ -137,12 +169,16 @@ def main(argv):
         "num_sources": num_sources,
         "batch_size": FLAGS.batch_size,
         "checkpoint": "random mm_cnn (v1.0.1 architecture)" if FLAGS.checkpoint is None else FLAGS.checkpoint,
-        "notes": "overhead = btsbot-score alerts/s / btsbot-spark-score alerts/s (wall clock of the whole command; "
-                 "*_in_run: the summaries' own timing). scaling = local[2] / local[1] alerts/s.",
+        "pin_cores": FLAGS.pin_cores,
+        "alerts_target_met": n >= 50_000,
+        "notes": "overhead = btsbot-score alerts/s / btsbot-spark-score alerts/s on the same cores (wall clock of the "
+                 "whole command; *_in_run: the summaries' own timing). scaling = local[2] / local[1] alerts/s. "
+                 "pin_cores: each command ran under taskset on cores 0..N-1.",
         "runs": runs,
         "derived": derived,
     }
-    path = common.write_json(Path(FLAGS.out_dir) / f"{FLAGS.name}{'_quick' if FLAGS.quick else ''}.json", report)
+    suffix = ("_quick" if FLAGS.quick else "") + ("" if FLAGS.pin_cores else "_unpinned")
+    path = common.write_json(Path(FLAGS.out_dir) / f"{FLAGS.name}{suffix}.json", report)
     common.log(f"wrote {path}: {json.dumps(derived)}")
 
 

@@ -262,16 +262,17 @@ def test_spark_score_quick(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads((out / "spark_score_cpu_quick.json").read_text())
     _check_machine(r["machine"])
-    ref = r["runs"]["btsbot-score"]["summary"]
-    assert r["alerts"] == ref["records_read"] > 500
-    for master in ("local[1]", "local[2]"):
+    assert r["pin_cores"] is True
+    for cores, master in ((1, "local[1]"), (2, "local[2]")):
+        ref = r["runs"][f"btsbot-score[{cores}]"]
+        assert ref["cores"] == r["runs"][master]["cores"] == cores
+        assert r["alerts"] == ref["summary"]["records_read"] > 500
         run = r["runs"][master]
-        assert run["parity"] == {"same_candids": True, "rows": ref["scored"], "max_abs_score_diff": pytest.approx(
-            0.0, abs=1e-6)}
+        assert run["parity"] == {"same_candids": True, "rows": ref["summary"]["scored"],
+                                 "max_abs_score_diff": pytest.approx(0.0, abs=1e-6)}
         assert run["summary"]["records_read"] == (run["summary"]["scored"] + run["summary"]["rejected"]
                                                   + run["summary"]["duplicates"])
-        assert r["derived"][f"overhead_{master}"] == pytest.approx(
-            r["runs"]["btsbot-score"]["alerts_per_s_wall"] / run["alerts_per_s_wall"])
+        assert r["derived"][f"overhead_{master}"] == pytest.approx(ref["alerts_per_s_wall"] / run["alerts_per_s_wall"])
     assert r["derived"]["scaling_local1_to_local2"] == pytest.approx(
         r["runs"]["local[2]"]["alerts_per_s_wall"] / r["runs"]["local[1]"]["alerts_per_s_wall"])
 
