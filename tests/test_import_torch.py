@@ -200,3 +200,33 @@ def test_a_timm_backbone_checkpoint_initialises_the_image_branch(usage_examples)
     del timm_sd["stages.3.blocks.1.gamma"]
     with pytest.raises(TorchImportError, match=r"missing key\(s\).*stages\.3\.blocks\.1\.gamma"):
         load_backbone_into(model, timm_sd)
+
+
+@pytest.mark.slow
+def test_btsbot_score_and_export_accept_an_imported_snapshot(tmp_path):
+    """The issue's chain on the production-shaped fixture: btsbot-import-torch, then btsbot-score on real packets
+    (upstream's train_config spells drb `new_drb`: the same feature, accepted), then btsbot-export to ONNX and
+    btsbot-score on the export, which agrees with the JAX scores."""
+    import pandas as pd
+    from conftest import ZTF_ALERTS, require
+
+    require(ZTF_ALERTS)
+    model = tmp_path / "model"
+    env_run = dict(capture_output=True, text=True, timeout=900)
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.import_torch",
+                        f"--model_dir={fixture_dir('convnext_pico_metadata')}", f"--out={model}"], **env_run)
+    assert r.returncode == 0, r.stderr
+    assert "new_drb" in json.loads((model / "model_card.json").read_text())["metadata_columns"]
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.score", f"--checkpoint={model}", f"--input={ZTF_ALERTS}",
+                        f"--output={tmp_path / 'jax.csv'}", "--noprogress"], **env_run)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.export", f"--checkpoint={model}", "--format=onnx",
+                        f"--out={tmp_path / 'export'}"], **env_run)
+    assert r.returncode == 0, r.stderr
+    r = subprocess.run([sys.executable, "-m", "btsbot_jax.cli.score", f"--checkpoint={tmp_path / 'export'}",
+                        f"--input={ZTF_ALERTS}", f"--output={tmp_path / 'onnx.csv'}", "--noprogress"], **env_run)
+    assert r.returncode == 0, r.stderr
+    jax_scores = pd.read_csv(tmp_path / "jax.csv").set_index("candid")["score"]
+    onnx_scores = pd.read_csv(tmp_path / "onnx.csv").set_index("candid")["score"]
+    assert len(jax_scores) == 36 and set(jax_scores.index) == set(onnx_scores.index)
+    assert (jax_scores - onnx_scores.loc[jax_scores.index]).abs().max() <= 1e-4

@@ -301,3 +301,19 @@ def test_stream_scorer_refuses_another_column_order(tmp_path):
         check_scorer_columns(Fake(METADATA_COLUMNS[:24]))
     check_scorer_columns(Fake(METADATA_COLUMNS))
     check_scorer_columns(lambda t, m: np.zeros(len(t)))  # a plain callable states no order: taken as it is
+
+
+def test_column_order_check_takes_the_published_spellings():
+    """`new_drb` (BTSbot v2's train_config, the published training CSVs) and Kowalski's `nnondet` are the same
+    features as `drb` and `nnotdet`; an actual reordering is still refused."""
+    from btsbot_jax.constants import METADATA_COLUMNS
+    from btsbot_jax.inference.deployment import ColumnOrderError, check_column_order
+
+    spelled = ["new_drb" if c == "drb" else "nnondet" if c == "nnotdet" else c for c in METADATA_COLUMNS]
+    assert spelled != list(METADATA_COLUMNS)
+    check_column_order(spelled, "v2 import")
+    swapped = list(spelled)
+    i, j = swapped.index("new_drb"), swapped.index("scorr")
+    swapped[i], swapped[j] = swapped[j], swapped[i]
+    with pytest.raises(ColumnOrderError, match="model 'scorr', ingestion 'drb'"):
+        check_column_order(swapped, "v2 import")

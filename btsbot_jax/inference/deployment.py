@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from btsbot_jax import __version__
-from btsbot_jax.constants import METADATA_COLUMNS, PAD_VALUE
+from btsbot_jax.constants import COLUMN_ALIASES, METADATA_COLUMNS, PAD_VALUE
 
 # Keys of the ONNX metadata_props entries (all strings; lists and dicts as JSON).
 ONNX_CARD_KEY = "model_card"  # the whole deployment card as JSON
@@ -148,9 +148,11 @@ class ColumnOrderError(ValueError):
 
 
 def check_column_order(columns: Sequence[str], where: str, expected: Sequence[str] = METADATA_COLUMNS) -> None:
-    """Refuse a model that expects its 25 features in another order than the ingestion produces."""
+    """Refuse a model that expects its 25 features in another order than the ingestion produces. The published
+    spellings of the same feature count as that feature (`new_drb` is `drb`, `nnondet` is `nnotdet`: BTSbot v2's
+    train_config.json lists `new_drb`)."""
     columns, expected = tuple(columns), tuple(expected)
-    if columns == expected:
+    if tuple(COLUMN_ALIASES.get(c, c) for c in columns) == tuple(COLUMN_ALIASES.get(c, c) for c in expected):
         return
     if len(columns) != len(expected):
         detail = f"it expects {len(columns)} columns, the ingestion builds {len(expected)}"
