@@ -16,7 +16,7 @@ $(BIN)/activate:
 	$(BIN)/python -m pip install -q --upgrade pip
 
 $(VENV)/.installed: pyproject.toml $(CONSTRAINTS) | $(BIN)/activate
-	$(BIN)/python -m pip install -q $(PIP_CONSTRAINTS) -e '.[test]'
+	$(BIN)/python -m pip install -q --retries 10 --resume-retries 20 $(PIP_CONSTRAINTS) -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
