@@ -80,7 +80,7 @@ class Scorer:
             if not self.compiler_options or not any(k in str(e) for k in self.compiler_options):
                 raise
             log.warning("this jaxlib rejects the model's XLA:CPU options %s (%s); compiling with the defaults",
-                            self.compiler_options, str(e).splitlines()[0][:200])
+                        self.compiler_options, str(e).splitlines()[0][:200])
             self.compiler_options = {}
             self._predict = jax.jit(self._predict_fn)
             return np.asarray(self._predict(self._state, t, m))
