@@ -49,12 +49,16 @@ class Scorer:
         if self.compute_dtype is not None:
             state = jax.tree.map(lambda x: x.astype(self.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating)
                                  else x, state)
-        self._state = jax.device_put(state, self.device)
+        # The weights travel as a flat list of arrays: jit flattens its arguments on every call, and a list is
+        # flattened in C++ while an nnx.State goes through Python (it shows at batch 1, where a call is short).
+        leaves, treedef = jax.tree.flatten(state)
+        self._state = jax.device_put(leaves, self.device)
         cdt = self.compute_dtype
 
-        def predict(state, triplets, metadata):
+        def predict(leaves, triplets, metadata):
             if cdt is not None:
                 triplets, metadata = triplets.astype(cdt), metadata.astype(cdt)
+            state = jax.tree.unflatten(treedef, leaves)
             return nnx.merge(graphdef, state)(triplets, metadata)[:, 0].astype(jnp.float32)
 
         self._predict_fn = predict
