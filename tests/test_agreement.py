@@ -39,10 +39,17 @@ def test_sim_to_real_on_real_packets(v101_checkpoint, usage_examples):
     from btsbot_jax.models.model_dir import make_model_card, save_model
 
     ref = btsbot_jax.load_scorer(v101_checkpoint)
-    same = sim_to_real(ref, ref, [ZTF_ALERTS])
+    from btsbot_jax.serve.batch import score_paths
+
+    scored = score_paths(ref, [ZTF_ALERTS]).scores
+    first = scored["candid"].to_numpy()[:10]
+    same = sim_to_real(ref, ref, [ZTF_ALERTS], subsets={"first ten": set(first.tolist()), "none": set()})
     p = same["packets"]
     assert p["alerts"] == 36 and p["decision_agreement"] == 1.0 and p["max_abs_diff"] == 0.0
     assert p["spearman"] == pytest.approx(1.0)
+    sub = same["packets_by_subset"]
+    assert sub["first ten"]["alerts"] == 10 and sub["none"]["alerts"] == 0
+    assert sub["first ten"]["reference_positive"] == int((scored["score"].to_numpy()[:10] > 0.5).sum())
 
     table, triplets, metadata = usage_examples
     import tempfile

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -51,8 +51,9 @@ def labelled_metrics(scores: np.ndarray, labels: np.ndarray, threshold: float = 
 
 
 def sim_to_real(model, reference, packets: Sequence[str | os.PathLike], *, labelled=None,
-                threshold: float = 0.5) -> dict[str, Any]:
+                threshold: float = 0.5, subsets: Mapping[str, Collection[int]] | None = None) -> dict[str, Any]:
     """Score `packets` with both scorers and compare; `labelled` = (triplets, metadata, labels) adds a labelled view.
+    `subsets` = {name: candids} adds the same comparison on those alerts only (`packets_by_subset`).
 
     `model` and `reference` are scorers (`btsbot_jax.load_scorer(...)`). Alerts either model rejects are counted,
     not compared (both use the same ingestion, so they reject the same ones)."""
@@ -67,6 +68,13 @@ def sim_to_real(model, reference, packets: Sequence[str | os.PathLike], *, label
         "records_read": int(a.summary["records_read"]),
         "rejected": int(len(a.rejected)),
     }
+    if subsets:
+        cand = merged["candid"].to_numpy()
+        out["packets_by_subset"] = {}
+        for name, candids in subsets.items():
+            keep = np.isin(cand, np.fromiter(candids, np.int64, len(candids)))
+            out["packets_by_subset"][name] = agreement(merged["score"].to_numpy()[keep],
+                                                       merged["score_ref"].to_numpy()[keep], threshold)
     if labelled is not None:
         triplets, metadata, labels = labelled
         out["labelled"] = {"model": labelled_metrics(model(triplets, metadata), labels, threshold),
