@@ -199,7 +199,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         elong = elong + rng.uniform(0.5, 3, n)
     magdiff = rng.normal(0.03, 0.12, n)
     near = src.ref_nearest
-    host_light = near["distnr"] < 3 and near["chinr"] > 1.5
+    host_light = near["distnr"] < 3 and near.get("extended", False)
     if host_light:
         magdiff = magdiff - rng.uniform(0, 0.4, n)
     mindtoedge = min(src.xpos, src.ypos, CCD_NX - src.xpos, CCD_NY - src.ypos)
