@@ -34,11 +34,17 @@ flags.DEFINE_float("slice_seconds", 1.0, "Seconds per side per round.")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON goes.")
 
 # name -> compiler_options (DebugOptions fields of XLA's CPU backend)
+TIMED_ANYWAY = {"bf16"}  # variants about precision: timed even though they differ by more than 1e-6
+
 VARIANTS = {
     "aa_default": {},
     "no_ynn": {"xla_cpu_experimental_ynn_fusion_type": ""},
     "xnn": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_xnnpack": True},
     "onednn": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_onednn": True},
+    # XLA's oneDNN convolution/matmul custom calls (what TF's oneDNN path would give us); the row records how
+    # many `__onednn$` custom calls the compiled program holds, i.e. whether this jaxlib build has the rewrite
+    "onednn_custom_call": {"xla_cpu_experimental_ynn_fusion_type": "", "xla_cpu_use_onednn": True,
+                           "xla_cpu_experimental_onednn_custom_call": True},
     "vector512": {"xla_cpu_prefer_vector_width": 512},
     "fast_min_max": {"xla_cpu_enable_fast_min_max": True},
     "concurrency_scheduler": {"xla_cpu_enable_concurrency_optimized_scheduler": True},
@@ -56,6 +62,12 @@ VARIANTS = {
     "im2col": "lowering",   # patches (lax.conv_general_dilated_patches) then one dot per convolution
     "im2col_slices": "lowering",  # patches built from k*k shifted slices (concatenated) then one dot
     "nchw": "lowering",     # the convolutions in NCHW / OIHW layout (transposes around each)
+    # weights and inputs in bfloat16 (the scorer's compute_dtype): not float32-equivalent, so timed despite the
+    # 1e-6 check, to show whether XLA:CPU has a fast bf16 path (AMX) that a split-precision float32 could use
+    "bf16": "bf16",
+    # not a compilation either: the public call, scorer(numpy, numpy) -> numpy (validation, bucket plan, host
+    # copies), against the same program on device-resident arrays: what the scorer adds to the kernels
+    "public_call": "public",
 }
 
 
@@ -108,6 +120,39 @@ def _lowering(mdir, name: str, batch: int):
         cnn._conv = original
 
 
+def _public(scorer, t, m):
+    """f(state, t, m) ignoring its device arrays: the scorer's public call on the host copies of the inputs."""
+    return lambda state, td, md: _OnHost(scorer(t, m))
+
+
+class _OnHost:
+    """A host result in the shape of a jax.Array for the timing loop (nothing to wait for, nothing copied)."""
+
+    def __init__(self, x):
+        self.x = x
+
+    def block_until_ready(self):
+        return self.x
+
+    def __array__(self, dtype=None, copy=None):
+        return np.asarray(self.x, dtype=dtype)
+
+
+def _bf16(mdir, batch: int):
+    """The scorer's program with compute_dtype=bfloat16, compiled for `batch` (scores still come back float32)."""
+    import jax
+    import jax.numpy as jnp
+
+    from btsbot_jax.inference.scorer import Scorer
+    from btsbot_jax.models.model_dir import load_model
+
+    model, card = load_model(mdir)
+    s = Scorer(model, card, buckets=(batch,), compute_dtype=jnp.bfloat16)
+    t, m = common.make_inputs(batch)
+    compiled = s._predict.lower(s._state, jax.device_put(t), jax.device_put(m)).compile()
+    return lambda state, t, m: compiled(s._state, t, m)  # its own bf16 weights, whatever state is passed
+
+
 def _chunked(scorer, rows: int, batch: int):
     """f(state, t, m) running the default program for `rows`-row chunks of the batch, concatenated."""
     import jax
@@ -155,6 +200,10 @@ def _main(argv):
                         var = _chunked(scorer, VARIANTS[name], b)
                     elif VARIANTS[name] == "lowering":
                         var = _lowering(mdir, name, b)
+                    elif VARIANTS[name] == "bf16":
+                        var = _bf16(mdir, b)
+                    elif VARIANTS[name] == "public":
+                        var = _public(scorer, t, m)
                     else:
                         var = lowered.compile(compiler_options=VARIANTS[name] or None)
                 except Exception as e:  # an option this jaxlib does not know
@@ -164,7 +213,9 @@ def _main(argv):
                 got = np.asarray(var(scorer._state, td, md))
                 diff = float(np.abs(got - ref).max())
                 row = {"max_abs_diff_vs_default": diff}
-                if diff > 1e-6:
+                if hasattr(var, "as_text"):
+                    row["onednn_custom_calls"] = var.as_text().count("__onednn$")
+                if diff > 1e-6 and name not in TIMED_ANYWAY:
                     row["error"] = "outputs differ by more than 1e-6; not timed"
                 else:
                     raw = common.interleave(
