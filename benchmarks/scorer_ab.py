@@ -6,7 +6,8 @@
 
 Each variant is the scorer's very jitted function (`Scorer._predict`, the v1.0.1 weights) compiled with extra
 `compiler_options` (`jax.jit(...).lower(...).compile(compiler_options=...)`): nothing else changes. Its scores must
-stay within 1e-6 of the default's (else it is reported and not timed), then default and variant alternate slice
+stay within 1e-6 of the default's (else it is reported and not timed; `bf16`, a precision variant, is timed
+anyway), then default and variant alternate slice
 by slice (A/B pairs, order swapped every round) and the per-round ratio gives the median and spread. A/A (the
 default compiled twice) shows the method's own noise.
 """
