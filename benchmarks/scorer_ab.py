@@ -34,9 +34,9 @@ flags.DEFINE_integer("rounds", 6, "Rounds per pair.")
 flags.DEFINE_float("slice_seconds", 1.0, "Seconds per side per round.")
 flags.DEFINE_string("out_dir", str(common.RESULTS_DIR), "Where the JSON goes.")
 
-# name -> compiler_options (DebugOptions fields of XLA's CPU backend)
 TIMED_ANYWAY = {"bf16"}  # variants about precision: timed even though they differ by more than 1e-6
 
+# name -> compiler_options (DebugOptions fields of XLA's CPU backend)
 VARIANTS = {
     "aa_default": {},
     "no_ynn": {"xla_cpu_experimental_ynn_fusion_type": ""},

@@ -46,15 +46,15 @@ def placeholder_subsets(packets) -> dict[str, set[int]]:
     "What still differs"), fields that no real ZTF alert has, so the comparison is also given without them."""
     from btsbot_jax.ingest.readers import iter_alerts
 
-    placeholder, other = set(), set()
+    out = {"placeholder host fields": set(), "real host fields": set()}
     for a in iter_alerts(list(packets)):
-        c = (a.record or {}).get("candidate") or {}
-        if "candid" not in (a.record or {}):
-            continue
+        if not a.record or "candid" not in a.record:
+            continue  # unreadable: the scorers reject it too, so it is in no comparison
+        c = a.record.get("candidate") or {}
         fake = (c.get("distpsnr1") == 120 and abs((c.get("sgscore1") or 0) - 0.2) < 1e-6  # a float32 0.2
                 and abs((c.get("jd") or 0) - (c.get("jdstarthist") or 0) - 1 / 24) < 1e-4)
-        (placeholder if fake else other).add(int(a.record["candid"]))
-    return {"placeholder host fields": placeholder, "real host fields": other - placeholder}
+        out["placeholder host fields" if fake else "real host fields"].add(int(a.record["candid"]))
+    return out
 
 
 def _commit() -> str | None:
