@@ -12,6 +12,7 @@ from btsbot_jax.evaluation.metrics import (
     peak_bin_index,
     peak_bin_labels,
     policy_metrics,
+    source_bootstrap_auc,
     source_table,
     timeliness,
 )
@@ -164,3 +165,45 @@ def test_inconsistent_source_values_are_errors():
     t = _table()
     t.loc[t.index[t["objectId"] == "tp_tie19"][0], "save_jd"] = np.nan
     assert _sources(t).set_index("objectId").loc["tp_tie19", "save_jd"] == J0 + 3.5
+
+
+def _bootstrap_case():
+    """3 label-1 sources of 2 alerts (0.8, 0.9); label 0: two sources of 2 alerts at 0.1 and one of 10 alerts at 0.95
+    (a near-threshold source that outranks every positive)."""
+    src = ["p1"] * 2 + ["p2"] * 2 + ["p3"] * 2 + ["n1"] * 2 + ["n2"] * 2 + ["n3"] * 10
+    labels = [1] * 6 + [0] * 14
+    scores = [0.8, 0.9] * 3 + [0.1] * 4 + [0.95] * 10
+    return labels, scores, src
+
+
+def test_source_bootstrap_auc_by_hand():
+    labels, scores, src = _bootstrap_case()
+    assert alert_metrics(labels, scores)["roc_auc"] == pytest.approx(4 / 14)
+    b = source_bootstrap_auc(labels, scores, src, n_resamples=1000, confidence=0.90, seed=0)
+    # Every positive resample scores the same, so a resample's AUC depends only on how many times k the bright label-0
+    # source is drawn among 3: k ~ Binomial(3, 1/3), AUC(k) = 2(3-k) / (2(3-k) + 10k): 1, 4/14, 2/22, 0 with
+    # probabilities 8/27, 12/27, 6/27, 1/27. The 5% quantile falls in k = 2 (P(k = 3) = 3.7%), the 95% in k = 0.
+    assert b["interval"] == pytest.approx([2 / 22, 1.0], abs=1e-12)
+    p = np.array([8, 12, 6, 1]) / 27
+    v = np.array([1.0, 4 / 14, 2 / 22, 0.0])
+    assert b["standard_error"] == pytest.approx(np.sqrt(p @ (v - p @ v) ** 2), rel=0.1)
+    assert (b["n_resamples"], b["n_sources_label_1"], b["n_sources_label_0"], b["n_alerts"]) == (1000, 3, 3, 20)
+    # the same seed gives the same interval; an alert-level bootstrap would be far narrower (20 "independent" alerts)
+    assert source_bootstrap_auc(labels, scores, src, seed=0)["interval"] == b["interval"]
+
+
+def test_source_bootstrap_auc_edges():
+    labels, scores, src = _bootstrap_case()
+    sep = source_bootstrap_auc(labels, [0.9] * 6 + [0.1] * 14, src)
+    assert sep["interval"] == [1.0, 1.0] and sep["standard_error"] == 0.0
+    # unlabelled alerts are left out, as in alert_metrics
+    withnan = source_bootstrap_auc(labels + [np.nan], scores + [0.99], src + ["u1"], seed=0)
+    assert withnan["interval"] == source_bootstrap_auc(labels, scores, src, seed=0)["interval"]
+    assert withnan["n_alerts"] == 20
+    few = source_bootstrap_auc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], ["a", "a", "b", "c"])
+    assert few["interval"] is None and few["n_resamples"] == 0 and "2 labelled sources" in few["reason"]
+    with pytest.raises(MetricsError, match="label must be the same.*n3"):
+        source_bootstrap_auc(labels[:-1] + [1], scores, src)
+    # the work cap: resamples x alerts <= max_work, but never fewer than the floor
+    assert source_bootstrap_auc(labels, scores, src, max_work=20 * 300)["n_resamples"] == 300
+    assert source_bootstrap_auc(labels, scores, src, max_work=1.0)["n_resamples"] == 200

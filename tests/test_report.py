@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
+from btsbot_jax.evaluation.metrics import source_bootstrap_auc
 from btsbot_jax.evaluation.report import (
     EvaluationError,
     check_scores_table,
@@ -69,6 +70,12 @@ def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
     assert a["f1"] == pytest.approx(skm.f1_score(y, pred))
     np.testing.assert_allclose(a["confusion_matrix_normalized"], skm.confusion_matrix(y, pred, normalize="true"))
     assert a["n_alerts"] == 39 and a["n_positive"] == int(y.sum())
+    # the AUC's source bootstrap is in the report: the 39 alerts are two sources, one of each class, so it says the
+    # AUC has no interval (it is one source's alerts ranked against the other's) instead of a spuriously narrow one
+    b = a["roc_auc_source_bootstrap"]
+    assert b == source_bootstrap_auc(y, scores, t["objectId"].to_numpy())
+    assert (b["n_alerts"], b["n_sources_label_1"], b["n_sources_label_0"]) == (39, 1, 1)
+    assert b["interval"] is None and "2 labelled sources of each class" in b["reason"]
     # source level against the loop reference
     src = ev.sources.set_index("objectId")
     label = t.groupby("objectId")["label"].first()

@@ -7,6 +7,7 @@ may not write the same name. Built in, in report order:
 
 - `AlertLevel`: ``alert_level`` (accuracy ... ROC, at ``score > threshold``), and the full ROC curve as the
   ``roc_curve`` table for ``roc_curve.csv``;
+- `SourceBootstrap`: ``alert_level/roc_auc_source_bootstrap``, the AUC's 90% interval over resampled sources;
 - `SourceSelection`: ``source_level/rules``, ``source_level/peak_bins``, ``source_level/inclusion``;
 - `PolicyMetrics(policy)`, one per policy: ``source_level/policies/<name>`` (completeness, purity, per peak bin);
 - `Timeliness`: ``source_level/policies/<name>/timeliness`` for every policy.
@@ -32,6 +33,7 @@ from btsbot_jax.evaluation.metrics import (
     peak_bin_labels,
     policy_metrics,
     policy_timeliness,
+    source_bootstrap_auc,
 )
 from btsbot_jax.evaluation.policies import GroupedAlerts, Policy
 
@@ -83,6 +85,21 @@ class AlertLevel:
             am["roc_curve"]["n_points"] = n
             am["roc_curve"]["n_points_in_report"] = len(am["roc_curve"]["fpr"])
         yield "alert_level", am
+
+
+class SourceBootstrap:
+    """How far the alert-level ROC AUC moves when other sources had been drawn: a stratified source bootstrap
+    (`source_bootstrap_auc`), because a small test split's AUC can hang on one source with a hundred alerts."""
+
+    name = "source_bootstrap"
+
+    def __init__(self, n_resamples: int = 1000, confidence: float = 0.90, seed: int = 0):
+        self.n_resamples, self.confidence, self.seed = int(n_resamples), float(confidence), int(seed)
+
+    def run(self, ctx: EvalContext) -> Iterator[tuple[Name, Any]]:
+        yield ("alert_level", "roc_auc_source_bootstrap"), source_bootstrap_auc(
+            ctx.alerts["label"].to_numpy(), ctx.alerts["score"].to_numpy(), ctx.alerts["objectId"].to_numpy(),
+            n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed)
 
 
 class SourceSelection:
@@ -144,8 +161,9 @@ class Timeliness:
 
 
 def default_evaluators(policies: Iterable[Policy]) -> list[Evaluator]:
-    """The report's pieces: alert level, source selection, one `PolicyMetrics` per policy, timeliness."""
-    return [AlertLevel(), SourceSelection(), *(PolicyMetrics(p) for p in policies), Timeliness()]
+    """The report's pieces: alert level (with its source bootstrap), source selection, one `PolicyMetrics` per
+    policy, timeliness."""
+    return [AlertLevel(), SourceBootstrap(), SourceSelection(), *(PolicyMetrics(p) for p in policies), Timeliness()]
 
 
 class EvaluatorError(ValueError):
@@ -184,4 +202,4 @@ def run_evaluators(evaluators: Iterable[Evaluator], ctx: EvalContext, report: di
 
 
 __all__ = ["AlertLevel", "EvalContext", "Evaluator", "EvaluatorError", "PolicyMetrics", "ROC_POINTS_IN_REPORT",
-           "SourceSelection", "Timeliness", "default_evaluators", "put", "run_evaluators"]
+           "SourceBootstrap", "SourceSelection", "Timeliness", "default_evaluators", "put", "run_evaluators"]

@@ -218,7 +218,7 @@ def evaluate_scores(
     }
     ctx = EvalContext(alerts, g, sources, pols, threshold, bin_edges, min_alerts, bright_limit)
     seconds = run_evaluators([*default_evaluators(pols), *extra_evaluators], ctx, report)
-    t_alert = seconds.pop("alert_level", 0.0)
+    t_alert = seconds.pop("alert_level", 0.0) + seconds.pop("source_bootstrap", 0.0)
     report["timings_s"] = {"alert_level": t_alert, "source_level": t_sources + sum(seconds.values())}
     return Evaluation(_jsonable(report), sources, alerts, rejected, pols, roc=ctx.tables.get("roc_curve"))
 
@@ -416,6 +416,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"{num(a['balanced_accuracy'])}, ROC AUC {num(a['roc_auc'])}, precision {num(a['precision'])}, "
         f"recall {num(a['recall'])}, F1 {num(a['f1'])}",
     ]
+    b = a.get("roc_auc_source_bootstrap") or {}
+    if b.get("interval"):
+        lo, hi = b["interval"]
+        lines.append(f"ROC AUC {100 * b['confidence']:.0f}% interval over resampled sources: {lo:.4f} - {hi:.4f} "
+                     f"({b['n_sources_label_1']} label-1 and {b['n_sources_label_0']} label-0 sources, "
+                     f"{b['n_resamples']} resamples)")
     inc = report["source_level"]["inclusion"]
     lines.append(f"sources in the evaluation: {inc['n_included']} ({inc['n_included_label_1']} label 1, "
                  f"{inc['n_included_label_0']} label 0); excluded {inc['excluded_by_reason']}")
