@@ -24,6 +24,7 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
     import btsbot_jax
     from btsbot_jax.data.training_set import load_split, metadata_matrix
     from btsbot_jax.evaluation.agreement import labelled_metrics, sim_to_real
+    from btsbot_jax.evaluation.metrics import source_bootstrap_auc
 
     model, ref = btsbot_jax.load_scorer(checkpoint), btsbot_jax.load_scorer(reference)
     lab = None
@@ -35,8 +36,12 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
            **sim_to_real(model, ref, packets, labelled=lab, subsets=placeholder_subsets(packets))}
     if simulated:
         s = load_split(simulated, split)
-        out["reference_on_simulated"] = {"split": split, **labelled_metrics(ref(s.triplets, s.metadata), s.labels)}
-        out["model_on_simulated"] = {"split": split, **labelled_metrics(model(s.triplets, s.metadata), s.labels)}
+        src = s.cand["objectId"].to_numpy()
+        for name, scorer in (("reference_on_simulated", ref), ("model_on_simulated", model)):
+            sc = scorer(s.triplets, s.metadata)
+            # how much the split's few sources let its AUC say (docs/evaluation.md, "How far the AUC can be trusted")
+            ci = source_bootstrap_auc(s.labels, sc, src)["interval"]
+            out[name] = {"split": split, **labelled_metrics(sc, s.labels), "auc_source_bootstrap_90": ci}
     return out
 
 
