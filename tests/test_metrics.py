@@ -207,3 +207,18 @@ def test_source_bootstrap_auc_edges():
     # the work cap: resamples x alerts <= max_work, but never fewer than the floor
     assert source_bootstrap_auc(labels, scores, src, max_work=20 * 300)["n_resamples"] == 300
     assert source_bootstrap_auc(labels, scores, src, max_work=1.0)["n_resamples"] == 200
+
+
+def test_weighted_auc_equals_sklearn():
+    from sklearn.metrics import roc_auc_score
+
+    from btsbot_jax.evaluation.metrics import _score_ranks, weighted_auc
+
+    rng = np.random.default_rng(3)
+    for n, levels in ((50, 7), (2000, 40), (5000, 0)):  # heavy ties, some ties, (almost) none
+        s = rng.integers(0, levels, n) / levels if levels else rng.random(n)
+        y = (rng.random(n) < 0.3 + 0.4 * s).astype(np.int64)
+        w = rng.integers(0, 4, n).astype(np.float64)  # bootstrap multiplicities, zeros included
+        rank, n_rank = _score_ranks(s)
+        assert weighted_auc(y, rank, n_rank, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), rel=1e-12)
+        assert weighted_auc(y, rank, n_rank, np.ones(n)) == pytest.approx(roc_auc_score(y, s), rel=1e-12)

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from btsbot_jax.evaluation.metrics import source_bootstrap_auc
+from btsbot_jax.evaluation.metrics import _score_ranks, source_bootstrap_auc, weighted_auc
 from btsbot_jax.evaluation.report import (
     EvaluationError,
     check_scores_table,
@@ -76,6 +76,11 @@ def test_v101_on_the_39_real_alerts(v101_checkpoint, usage_examples):
     assert b == source_bootstrap_auc(y, scores, t["objectId"].to_numpy())
     assert (b["n_alerts"], b["n_sources_label_1"], b["n_sources_label_0"]) == (39, 1, 1)
     assert b["interval"] is None and "2 labelled sources of each class" in b["reason"]
+    # the bootstrap's fast weighted AUC is sklearn's on these real scores (unit and bootstrap-like weights)
+    rank, n_rank = _score_ranks(scores)
+    for w in (np.ones(39), np.arange(39) % 3 + 0.0):
+        assert weighted_auc(y, rank, n_rank, w) == pytest.approx(skm.roc_auc_score(y, scores, sample_weight=w),
+                                                                 rel=1e-12)
     # source level against the loop reference
     src = ev.sources.set_index("objectId")
     label = t.groupby("objectId")["label"].first()
