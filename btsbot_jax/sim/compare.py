@@ -282,3 +282,28 @@ def write_compare_table(sim_dir: str | os.PathLike, real_dir: str | os.PathLike,
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     return out
+
+
+# Table 1 of Rehemtulla et al. (2024), after the cleaning cuts: sources and alerts of each set
+TABLE1_CLEANED = {"trues": (5206, 264317), "vars": (1126, 109934), "dims": (8824, 223934), "rejects": (4402, 241478)}
+
+
+def set_composition(alerts: pd.DataFrame) -> pd.DataFrame:
+    """Sources, alerts and alerts per source of each set after the paper's cleaning cuts, beside Table 1's.
+
+    The alert-level metrics weigh each set by its alerts, not its sources, so a simulated survey whose sets carry
+    the paper's source mix but not its alerts per source is scored on a different mix of alerts than the paper's.
+    `alerts` is the simulator's `alerts.parquet` (or any table `data.prepare.select_alerts` takes).
+    """
+    from btsbot_jax.data.prepare import select_alerts
+
+    kept, _ = select_alerts(alerts, n_max=None)
+    g = kept.groupby("source_set")["objectId"].agg(alerts="size", sources="nunique")
+    g = g.reindex(list(TABLE1_CLEANED)).fillna(0).astype(int)
+    g["per_source"] = g["alerts"] / g["sources"].where(g["sources"] > 0)
+    g["alert_share"] = g["alerts"] / g["alerts"].sum()
+    paper = pd.DataFrame(TABLE1_CLEANED, index=["paper_sources", "paper_alerts"]).T
+    g["paper_per_source"] = paper["paper_alerts"] / paper["paper_sources"]
+    g["paper_alert_share"] = paper["paper_alerts"] / paper["paper_alerts"].sum()
+    g.index.name = "set"
+    return g
