@@ -132,6 +132,43 @@ def test_source_mix_and_labels(run):
     assert set(res.alerts["objectId"]) <= set(truth["objectId"])
 
 
+
+def test_set_composition_by_hand():
+    """Cleaning cuts first (negative subtraction, i band, no PS1 sgscore, a dim seen at <= 18.5), then per set."""
+    from btsbot_jax.sim.compare import TABLE1_CLEANED, set_composition
+
+    rows = []
+    for oid, sset, n in (("T1", "trues", 4), ("T2", "trues", 2), ("V1", "vars", 6), ("D1", "dims", 3),
+                         ("D2", "dims", 2), ("R1", "rejects", 1)):
+        for i in range(n):
+            rows.append(dict(objectId=oid, source_set=sset, jd=2459000.0 + i, isdiffpos="t", fid=1 + i % 2,
+                             sgscore1=0.1, sgscore2=-999.0, magpsf=18.9 + 0.1 * i))
+    rows[0]["magpsf"] = 18.0  # a true may be bright
+    rows.append(dict(rows[6], isdiffpos="f"))  # V1: a negative subtraction, cut
+    rows.append(dict(rows[6], fid=3))  # V1: i band, cut
+    rows.append(dict(rows[6], sgscore1=-999.0))  # V1: no PS1 source with an sgscore, cut
+    d2 = [i for i, r in enumerate(rows) if r["objectId"] == "D2"]
+    rows[d2[0]]["magpsf"] = 18.4  # D2 is a dim seen at <= 18.5: the whole source is cut
+    g = set_composition(pd.DataFrame(rows))
+    assert g["sources"].tolist() == [2, 1, 1, 1] and g["alerts"].tolist() == [6, 6, 3, 1]
+    assert g["per_source"].tolist() == [3.0, 6.0, 3.0, 1.0]
+    assert np.allclose(g["alert_share"], np.array([6, 6, 3, 1]) / 16)
+    assert g.loc["vars", "paper_per_source"] == pytest.approx(109934 / 1126)
+    assert g["paper_alert_share"].sum() == pytest.approx(1.0)
+    assert list(g.index) == list(TABLE1_CLEANED)
+
+
+@pytest.mark.slow
+def test_alerts_per_source_follow_table1(run):
+    """The alert-level metrics weigh each set by its alerts: every set carries Table 1's alerts per source within a
+    factor 2 (vars got under a quarter of it, with a 150-420 d window, before the windows followed Table 1)."""
+    from btsbot_jax.sim.compare import set_composition
+
+    res, _ = run
+    g = set_composition(res.alerts)
+    ratio = g["per_source"] / g["paper_per_source"]
+    assert ((ratio > 0.5) & (ratio < 2.0)).all(), ratio.round(2).to_dict()
+
 def test_packets_are_self_consistent(run):
     res, alerts = run
     assert len(alerts) == res.num_alerts > 2000
