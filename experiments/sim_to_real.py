@@ -8,11 +8,17 @@ Real packets carry no BTS labels, so the model is compared with the published v1
 (`--labelled=DIR` with usage_candidates.csv + usage_triplets.npy) add a view against true labels. With
 `--simulated=DIR` (a `btsbot-simulate` output), the reference model's AUC on the simulated test split is reported
 too: how separable the simulated classes are to a model trained on real alerts.
+
+    python experiments/sim_to_real.py --table='benchmarks/results/sim_to_real_demo_s*_alertcount.json'
+
+prints the markdown table of docs/sim_to_real.md from such JSONs (`experiments/sim_to_real_sweep.sh` writes them for
+seeds x survey sizes).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +68,31 @@ def placeholder_subsets(packets) -> dict[str, set[int]]:
     return out
 
 
+def _interval(view: dict) -> str:
+    ci = view.get("auc_source_bootstrap_90")
+    return f"{view['auc']:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
+def markdown_table(paths) -> str:
+    """One row per sim_to_real JSON (written with --simulated), ordered by survey size then seed as given."""
+    head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real packets "
+            "(768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | test alerts / "
+            "positives | simulate / train (s) |")
+    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    for path in paths:
+        d = json.loads(Path(path).read_text())
+        m, r, k = d["model_on_simulated"], d["reference_on_simulated"], d["packets"]
+        h = d["packets_by_subset"]["real host fields"]
+        survey = re.search(r"--num_sources=(\d+) --seed=(\d+)", d.get("trained") or "")
+        size, seed = survey.groups() if survey else ("-", "-")
+        t = d.get("timing_s", {})
+        rows.append(f"| {size} | {seed} | {_interval(m)} | {_interval(r)} | {k['auc_vs_reference_decisions']:.3f} | "
+                    f"{k['decision_agreement']:.3f} | {k['spearman']:.2f} | {h['auc_vs_reference_decisions']:.3f} / "
+                    f"{h['decision_agreement']:.3f} | {d['labelled']['model']['auc']:.2f} | {m['alerts']} / "
+                    f"{m['positives']} | {t.get('simulate', '-')} / {t.get('train', '-')} |")
+    return "\n".join(rows)
+
+
 def _commit() -> str | None:
     import subprocess
 
@@ -74,6 +105,18 @@ def _commit() -> str | None:
 
 def main(argv):
     del argv
+    if FLAGS.table:
+        import glob
+
+        paths = sorted(glob.glob(FLAGS.table), key=lambda p: [int(x) if x.isdigit() else x
+                                                               for x in re.split(r"(\d+)", p)])
+        if not paths:
+            raise app.UsageError(f"--table={FLAGS.table} matches no file")
+        print(markdown_table(paths))
+        return
+    missing = [f for f in ("checkpoint", "reference", "packets") if not getattr(FLAGS, f)]
+    if missing:
+        raise app.UsageError(f"--{', --'.join(missing)} required (or --table)")
     res = {"commit": _commit(), "trained": FLAGS.trained,
            **run(FLAGS.checkpoint, FLAGS.reference, FLAGS.packets, FLAGS.labelled, FLAGS.simulated)}
     text = json.dumps(res, indent=2)
@@ -93,5 +136,5 @@ if __name__ == "__main__":
     flags.DEFINE_string("simulated", None, "A btsbot-simulate output folder (adds the reference's AUC on it).")
     flags.DEFINE_string("out", None, "Write the JSON here too.")
     flags.DEFINE_string("trained", None, "What the model was trained on (recorded in the JSON with the commit).")
-    flags.mark_flags_as_required(["checkpoint", "reference", "packets"])
+    flags.DEFINE_string("table", None, "Only print the markdown table of these JSONs (a glob) and stop.")
     app.run(main)

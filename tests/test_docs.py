@@ -87,3 +87,22 @@ def test_commands_and_flags_exist():
                 problems.append(f"{name}: --{flag} is defined by no command")
     assert checked > 50
     assert not problems, problems
+
+
+def test_sim_to_real_tables_are_their_jsons():
+    """The per-seed tables of docs/sim_to_real.md are what `experiments/sim_to_real.py --table` prints from the
+    committed JSONs, row for row."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("sim_to_real", ROOT / "experiments" / "sim_to_real.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    doc = (ROOT / "docs" / "sim_to_real.md").read_text().splitlines()
+    for tag in ("hostfit", "alertcount"):
+        paths = sorted((ROOT / "benchmarks" / "results").glob(f"sim_to_real_demo_s*_seed*_{tag}.json"),
+                       key=lambda p: (len(p.name), p.name))
+        assert len(paths) == 10, tag
+        rows = mod.markdown_table(paths).splitlines()[2:]
+        assert [r.split(" | ")[:2] for r in rows] == [[f"| {n}", str(s)] for n in (400, 1500) for s in range(5)]
+        missing = [r for r in rows if r not in doc]
+        assert not missing, f"{tag}: rows of the JSONs not in docs/sim_to_real.md: {missing}"
