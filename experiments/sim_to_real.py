@@ -75,9 +75,9 @@ def _interval(view: dict) -> str:
 
 def markdown_table(paths) -> str:
     """One row per sim_to_real JSON (written with --simulated), ordered by survey size then seed as given."""
-    head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real packets "
-            "(768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | test alerts / "
-            "positives | simulate / train (s) |")
+    head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real "
+            "packets (768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | "
+            "test alerts / positives | simulate / train (s) |")
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for path in paths:
         d = json.loads(Path(path).read_text())
