@@ -174,12 +174,15 @@ def test_packets_are_self_consistent(run):
     assert len(alerts) == res.num_alerts > 2000
     candids = [a["candid"] for a in alerts]
     assert len(set(candids)) == len(candids)
-    shapes, nan_alerts, ratios = set(), 0, []
+    shapes, nan_alerts, ratios, n_faint_psf = set(), 0, [], 0
     for a in alerts:
         c = a["candidate"]
         assert a["candid"] == c["candid"] and a["objectId"].startswith("ZTF")
         assert c["scorr"] >= 5.0  # the alert trigger
-        assert 0 < c["sigmapsf"] < 0.25 and 12 < c["magpsf"] < 22
+        # the PSF fit's S/N sits a little below scorr's (docs/sim_to_real.md, "What still differs": 2.3% of the
+        # simulated alerts have sigmapsf above the real packets' maximum 0.217, i.e. S/N_psf < 5, up to ~0.28)
+        assert 0 < c["sigmapsf"] < 0.3 and 12 < c["magpsf"] < 22
+        n_faint_psf += c["sigmapsf"] > 1.0857 / 5
         assert c["isdiffpos"] in ("t", "f") and c["fid"] in (1, 2, 3)
         assert 16.5 < c["diffmaglim"] < 22.0 and 0.3 < c["fwhm"] < 15
         assert c["ndethist"] <= c["ncovhist"] and c["jdstarthist"] <= c["jd"] + 1e-9
@@ -206,6 +209,7 @@ def test_packets_are_self_consistent(run):
             ratios.append(mad(ref[:12, :12]) / max(mad(sci[:12, :12]), 1e-6))
     assert (63, 63) in shapes and any(s != (63, 63) for s in shapes)  # cut stamps at CCD edges
     assert 0 < nan_alerts < 0.5 * len(alerts)
+    assert n_faint_psf < 0.05 * len(alerts)
     assert np.median(ratios) < 0.5  # the reference is deeper than the science exposure
 
 
