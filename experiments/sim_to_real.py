@@ -74,7 +74,7 @@ def _interval(view: dict) -> str:
 
 
 def markdown_table(paths) -> str:
-    """One row per sim_to_real JSON (written with --simulated), ordered by survey size then seed as given."""
+    """One row per sim_to_real JSON (written with --simulated), in the order given."""
     head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real "
             "packets (768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | "
             "test alerts / positives | simulate / train (s) |")

@@ -440,9 +440,8 @@ def draw_source(index: int, set_name: str, seed: int, draw: int = 0) -> Source:
         subtype = _pick(rng, REJECT_TYPES)
         lc = None
         t_lo = t_event - rng.uniform(20, 60)
-        # scanners saw these (at least two detections through the BTS filter) and kept seeing the recurrent ones (a
-        # dipole at a bright star, a galaxy-core residual) for months: Table 1's rejects carry 54.9 alerts per source
-        # after cleaning, where +40-250 d gave 35
+        # the recurrent ones (a dipole at a bright star, a galaxy-core residual, a flickering nucleus) keep alerting
+        # for months: Table 1's rejects carry 54.9 alerts per source after cleaning, where +40-250 d gave 35
         t_hi = t_event + rng.uniform(60, 450)
         realness = float(rng.normal(-2.0, 2.2))
         if subtype == "dipole":
