@@ -74,18 +74,21 @@ def _interval(view: dict) -> str:
 
 
 def markdown_table(paths) -> str:
-    """One row per sim_to_real JSON (written with --simulated), in the order given."""
+    """One row per sim_to_real JSON (written with --simulated), by survey size then seed."""
     head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real "
             "packets (768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | "
             "test alerts / positives | simulate / train (s) |")
     rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
+    runs = []
     for path in paths:
         d = json.loads(Path(path).read_text())
+        survey = re.search(r"--num_sources=(\d+) --seed=(\d+)", d.get("trained") or "")
+        runs.append((tuple(map(int, survey.groups())) if survey else (-1, -1), d))
+    for (size, seed), d in sorted(runs, key=lambda x: x[0]):
         m, r, k = d["model_on_simulated"], d["reference_on_simulated"], d["packets"]
         h = d["packets_by_subset"]["real host fields"]
-        survey = re.search(r"--num_sources=(\d+) --seed=(\d+)", d.get("trained") or "")
-        size, seed = survey.groups() if survey else ("-", "-")
         t = d.get("timing_s", {})
+        size, seed = (size, seed) if size >= 0 else ("-", "-")
         rows.append(f"| {size} | {seed} | {_interval(m)} | {_interval(r)} | {k['auc_vs_reference_decisions']:.3f} | "
                     f"{k['decision_agreement']:.3f} | {k['spearman']:.2f} | {h['auc_vs_reference_decisions']:.3f} / "
                     f"{h['decision_agreement']:.3f} | {d['labelled']['model']['auc']:.2f} | {m['alerts']} / "
@@ -108,8 +111,7 @@ def main(argv):
     if FLAGS.table:
         import glob
 
-        paths = sorted(glob.glob(FLAGS.table), key=lambda p: [int(x) if x.isdigit() else x
-                                                               for x in re.split(r"(\d+)", p)])
+        paths = glob.glob(FLAGS.table)
         if not paths:
             raise app.UsageError(f"--table={FLAGS.table} matches no file")
         print(markdown_table(paths))

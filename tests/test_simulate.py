@@ -135,7 +135,8 @@ def test_source_mix_and_labels(run):
 
 def test_set_composition_by_hand():
     """Cleaning cuts first (negative subtraction, i band, no PS1 sgscore, a dim seen at <= 18.5), then per set."""
-    from btsbot_jax.sim.compare import TABLE1_CLEANED, set_composition
+    from btsbot_jax.sim.compare import set_composition
+    from btsbot_jax.sim.population import TABLE1_CLEANED
 
     rows = []
     for oid, sset, n in (("T1", "trues", 4), ("T2", "trues", 2), ("V1", "vars", 6), ("D1", "dims", 3),

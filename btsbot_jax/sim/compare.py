@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax.constants import METADATA_COLUMNS
+from btsbot_jax.sim.population import TABLE1_CLEANED
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 
@@ -283,9 +284,6 @@ def write_compare_table(sim_dir: str | os.PathLike, real_dir: str | os.PathLike,
     out.write_text(text)
     return out
 
-
-# Table 1 of Rehemtulla et al. (2024), after the cleaning cuts: sources and alerts of each set
-TABLE1_CLEANED = {"trues": (5206, 264317), "vars": (1126, 109934), "dims": (8824, 223934), "rejects": (4402, 241478)}
 
 
 def set_composition(alerts: pd.DataFrame) -> pd.DataFrame:
