@@ -159,6 +159,26 @@ def test_set_composition_by_hand():
     assert list(g.index) == list(TABLE1_CLEANED)
 
 
+def test_subtype_composition_by_hand():
+    """Per sub-type of one set, after the same cuts: other sets and cut alerts do not count."""
+    from btsbot_jax.sim.compare import subtype_composition
+
+    rows = []
+    for oid, sset, sub, n in (("A", "trues", "SN Ia", 2), ("B", "trues", "SN Ia", 4), ("C", "trues", "TDE", 9),
+                              ("D", "dims", "SN Ia", 5)):
+        for i in range(n):
+            rows.append(dict(objectId=oid, source_set=sset, subtype=sub, jd=2459000.0 + i, isdiffpos="t",
+                             fid=1 + i % 2, sgscore1=0.1, sgscore2=-999.0, magpsf=18.9 + 0.1 * i))
+    rows[-1]["magpsf"] = 18.0  # D is a dim seen at <= 18.5 (cut), and not a true anyway
+    rows.append(dict(rows[6], fid=3))  # C: i band, cut
+    g = subtype_composition(pd.DataFrame(rows))
+    assert g.index.tolist() == ["SN Ia", "TDE"]
+    assert g["sources"].tolist() == [2, 1] and g["alerts"].tolist() == [6, 9]
+    assert g["per_source"].tolist() == [3.0, 9.0]
+    assert g["source_share"].tolist() == pytest.approx([2 / 3, 1 / 3])
+    assert g["alert_share"].tolist() == pytest.approx([6 / 15, 9 / 15])
+
+
 @pytest.mark.slow
 def test_alerts_per_source_follow_table1(run):
     """The alert-level metrics weigh each set by its alerts: every set carries Table 1's alerts per source within a

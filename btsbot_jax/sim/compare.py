@@ -305,3 +305,20 @@ def set_composition(alerts: pd.DataFrame) -> pd.DataFrame:
     g["paper_alert_share"] = paper["paper_alerts"] / paper["paper_alerts"].sum()
     g.index.name = "set"
     return g
+
+
+def subtype_composition(alerts: pd.DataFrame, set_name: str = "trues") -> pd.DataFrame:
+    """Sources, alerts and alerts per source of each sub-type of one set, after the paper's cleaning cuts.
+
+    Table 1 gives one alerts-per-source figure per set; this says which sub-types (long-lived SNe II, IIn, TDEs
+    against short SNe Ia and Ibc) make a simulated set carry more or fewer than that.
+    """
+    from btsbot_jax.data.prepare import select_alerts
+
+    kept, _ = select_alerts(alerts, n_max=None)
+    kept = kept[kept["source_set"] == set_name]
+    g = kept.groupby("subtype")["objectId"].agg(alerts="size", sources="nunique").astype(int)
+    g["per_source"] = g["alerts"] / g["sources"]
+    g["source_share"] = g["sources"] / g["sources"].sum()
+    g["alert_share"] = g["alerts"] / g["alerts"].sum()
+    return g
