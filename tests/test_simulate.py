@@ -250,8 +250,11 @@ def test_transient_is_in_science_and_difference_not_in_reference(run):
             continue
         noise = 1.4826 * np.nanmedian(np.abs(diff - np.nanmedian(diff)))
         assert diff[box].sum() > 5 * noise * 7  # the new light is in the difference
-        assert (sci - ref)[box].sum() > 0.5 * diff[box].sum()  # and in science minus reference
-        n += 1
+        # and in science minus reference, where no bright host core dominates the box: sci - ref is neither
+        # PSF-matched nor on one flux scale, so a host 10x the transient leaves residuals of the transient's size
+        if ref[box].sum() <= 10 * diff[box].sum():
+            assert (sci - ref)[box].sum() > 0.5 * diff[box].sum()
+            n += 1
     assert n > 50
 
 
@@ -291,12 +294,17 @@ def test_host_fit_statistics_follow_the_real_packets(run):
     """chinr/sharpnr of the nearest reference source: the real packets whose v1.0.1 score is > 0.5 (mostly SNe on
     their hosts) have chinr median ~0.9 (IQR ~0.65-1.9) and sharpnr median ~0 (docs/sim_to_real.md, section 5);
     the simulator drew hosts at chinr ~1.9 and sharpnr ~+0.15 before, a level no real host shows."""
+    from btsbot_jax.sim.population import draw_source
+
     res, _ = run
     cand = pd.concat([load_split(res.out_dir, s, version="v10", n_max=100).cand for s in ("train", "val", "test")])
     trues = cand[cand["source_set"] == "trues"]
     assert 0.7 <= trues["chinr"].median() <= 1.3
     assert -0.15 <= trues["sharpnr"].median() <= 0.1
-    assert (trues["sharpnr"] < -0.2).mean() > 0.1  # real hosts' fits are often sharper than the PSF
+    # real hosts' fits are often sharper than the PSF (real trues' 25% quantile -0.26): a share of sources, checked on
+    # 2,000 drawn trues, since this survey's ~30 trues (one host fit each) leave that share to chance
+    sharp = np.array([draw_source(i, "trues", SEED).ref_nearest["sharpnr"] for i in range(2000)])
+    assert 0.15 < (sharp < -0.2).mean() < 0.4
     q25, q75 = cand["chinr"].quantile([0.25, 0.75])
     assert 0.5 <= q25 and q75 <= 2.0  # real packets: 0.59 and 1.31 (before: 1.12 and 2.30 at 1,500 sources)
 
@@ -318,6 +326,24 @@ def test_light_curve_models():
     assert abs(x.mean()) < 0.1 and 0.15 < x.std() < 0.28  # SF_inf / sqrt(2) = 0.21
     per = lcs.Periodic("rrlyr", {1: 15.2, 2: 15.0, 3: 14.9}, 0.55, {1: 1.0, 2: 0.8, 3: 0.6}, 0.3)
     assert per.ref_mag(2) < 15.0 + 1e-9
+
+
+def test_trues_follow_the_bts_mix_whatever_the_redraws():
+    """A true keeps its sub-type when drawn again (TRUE_TYPES is the mix after the selection), so the trues' mix is
+    TRUE_TYPES; the dims' is TRANSIENT_TYPES. Shares within 4 binomial sigma over 3,000 sources."""
+    from btsbot_jax.sim.population import TRANSIENT_TYPES, TRUE_TYPES, draw_source
+
+    n = 3000
+    for set_name, table in (("trues", TRUE_TYPES), ("dims", TRANSIENT_TYPES)):
+        got = [draw_source(i, set_name, 11).subtype for i in range(n)]
+        for name, p in table:
+            share = got.count(name) / n
+            assert abs(share - p) < 4 * np.sqrt(p * (1 - p) / n), (set_name, name, share, p)
+    for i in range(40):
+        first = draw_source(i, "trues", 11)
+        again = [draw_source(i, "trues", 11, draw=k) for k in (1, 2, 49)]
+        assert {s.subtype for s in again} == {first.subtype}
+        assert len({first.truth["peak_mag"], *(s.truth["peak_mag"] for s in again)}) == 4  # new sources otherwise
 
 
 def test_unsaved_sne_in_the_rejects_are_faint_or_seen_briefly():

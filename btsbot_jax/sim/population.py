@@ -41,6 +41,12 @@ TRUE_SEEN_LIMIT = BRIGHT_LIMIT + 0.3
 MAX_DRAWS = 50
 
 TRANSIENT_TYPES = (("SN Ia", 0.62), ("SN II", 0.22), ("SN Ibc", 0.08), ("SN IIn/SLSN", 0.04), ("TDE", 0.04))
+# The trues' mix is that of the catalogue BTS selected (about two thirds SNe Ia: 512 SN Ia host galaxies among the 761
+# SNe of its first nine months, Fremling et al. 2020), the rest in TRANSIENT_TYPES' proportions. It is the mix *after*
+# the TRUE_SEEN_LIMIT selection, so a true keeps its sub-type when it is drawn again (else the redraws, which long-lived
+# types rarely need, would leave 57% SNe Ia: docs/sim_to_real.md, section 7).
+TRUE_TYPES = (("SN Ia", 0.67), ("SN II", 0.191), ("SN Ibc", 0.069), ("SN IIn/SLSN", 0.035), ("TDE", 0.035))
+_TRUE_TYPE_STREAM = 0x5B7  # the sub-type's own random stream, the same for every draw of a true (draws < MAX_DRAWS)
 VAR_TYPES = (("AGN", 0.30), ("QSO", 0.15), ("CV", 0.20), ("RR Lyr", 0.12), ("EB", 0.12), ("LPV", 0.11))
 REJECT_TYPES = (("dipole", 0.34), ("galaxy residual", 0.10), ("cosmic ray", 0.08), ("hot pixel", 0.04),
                 ("bad column", 0.06), ("ghost", 0.06), ("asteroid", 0.08), ("stellar flare", 0.08),
@@ -351,7 +357,10 @@ def draw_source(index: int, set_name: str, seed: int, draw: int = 0) -> Source:
     host = None
 
     if set_name in ("trues", "dims"):
-        subtype = _pick(rng, TRANSIENT_TYPES)
+        if set_name == "trues":
+            subtype = _pick(np.random.default_rng([seed, 0x50C, index, _TRUE_TYPE_STREAM]), TRUE_TYPES)
+        else:
+            subtype = _pick(rng, TRANSIENT_TYPES)
         if set_name == "trues":
             peak = _powerlaw_mag(rng, 13.3, BRIGHT_LIMIT, 0.6)
         else:
