@@ -286,6 +286,24 @@ def write_compare_table(sim_dir: str | os.PathLike, real_dir: str | os.PathLike,
 
 
 
+def _alerts_per_source(alerts: pd.DataFrame, by: str, keep=None,
+                       order: list[str] | None = None) -> pd.DataFrame:
+    """After the paper's cleaning cuts (`data.prepare.select_alerts`, no N_max): alerts, sources, alerts per source
+    and share of the alerts of each value of column `by` (rows where `keep` holds; in `order`, zeros for the absent)."""
+    from btsbot_jax.data.prepare import select_alerts
+
+    kept, _ = select_alerts(alerts, n_max=None)
+    if keep is not None:
+        kept = kept[keep(kept)]
+    g = kept.groupby(by)["objectId"].agg(alerts="size", sources="nunique")
+    if order is not None:
+        g = g.reindex(order).fillna(0)
+    g = g.astype(int)
+    g["per_source"] = g["alerts"] / g["sources"].where(g["sources"] > 0)
+    g["alert_share"] = g["alerts"] / g["alerts"].sum()
+    return g
+
+
 def set_composition(alerts: pd.DataFrame) -> pd.DataFrame:
     """Sources, alerts and alerts per source of each set after the paper's cleaning cuts, beside Table 1's.
 
@@ -293,13 +311,7 @@ def set_composition(alerts: pd.DataFrame) -> pd.DataFrame:
     the paper's source mix but not its alerts per source is scored on a different mix of alerts than the paper's.
     `alerts` is the simulator's `alerts.parquet` (or any table `data.prepare.select_alerts` takes).
     """
-    from btsbot_jax.data.prepare import select_alerts
-
-    kept, _ = select_alerts(alerts, n_max=None)
-    g = kept.groupby("source_set")["objectId"].agg(alerts="size", sources="nunique")
-    g = g.reindex(list(TABLE1_CLEANED)).fillna(0).astype(int)
-    g["per_source"] = g["alerts"] / g["sources"].where(g["sources"] > 0)
-    g["alert_share"] = g["alerts"] / g["alerts"].sum()
+    g = _alerts_per_source(alerts, "source_set", order=list(TABLE1_CLEANED))
     paper = pd.DataFrame(TABLE1_CLEANED, index=["paper_sources", "paper_alerts"]).T
     g["paper_per_source"] = paper["paper_alerts"] / paper["paper_sources"]
     g["paper_alert_share"] = paper["paper_alerts"] / paper["paper_alerts"].sum()
@@ -313,12 +325,6 @@ def subtype_composition(alerts: pd.DataFrame, set_name: str = "trues") -> pd.Dat
     Table 1 gives one alerts-per-source figure per set; this says which sub-types (long-lived SNe II, IIn, TDEs
     against short SNe Ia and Ibc) make a simulated set carry more or fewer than that.
     """
-    from btsbot_jax.data.prepare import select_alerts
-
-    kept, _ = select_alerts(alerts, n_max=None)
-    kept = kept[kept["source_set"] == set_name]
-    g = kept.groupby("subtype")["objectId"].agg(alerts="size", sources="nunique").astype(int)
-    g["per_source"] = g["alerts"] / g["sources"]
+    g = _alerts_per_source(alerts, "subtype", keep=lambda k: k["source_set"] == set_name)
     g["source_share"] = g["sources"] / g["sources"].sum()
-    g["alert_share"] = g["alerts"] / g["alerts"].sum()
     return g

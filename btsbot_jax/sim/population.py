@@ -359,11 +359,9 @@ def draw_source(index: int, set_name: str, seed: int, draw: int = 0) -> Source:
     if set_name in ("trues", "dims"):
         if set_name == "trues":
             subtype = _pick(np.random.default_rng([seed, 0x50C, index, _TRUE_TYPE_STREAM]), TRUE_TYPES)
-        else:
-            subtype = _pick(rng, TRANSIENT_TYPES)
-        if set_name == "trues":
             peak = _powerlaw_mag(rng, 13.3, BRIGHT_LIMIT, 0.6)
         else:
+            subtype = _pick(rng, TRANSIENT_TYPES)
             peak = _powerlaw_mag(rng, BRIGHT_LIMIT + 0.02, 20.2, 0.45)
         lc, duration = _transient(rng, subtype, peak, t_event)
         t_lo = t_event - lc.tau_rise * 4 - rng.uniform(25, 45)
