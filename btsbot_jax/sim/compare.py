@@ -328,3 +328,19 @@ def subtype_composition(alerts: pd.DataFrame, set_name: str = "trues") -> pd.Dat
     g = _alerts_per_source(alerts, "subtype", keep=lambda k: k["source_set"] == set_name)
     g["source_share"] = g["sources"] / g["sources"].sum()
     return g
+
+
+def history_gaps(records, window: float = 30.0) -> np.ndarray:
+    """Nights between consecutive exposures of one position, from each g/r packet's history (prv_candidates over
+    the `window` days before it: detections and upper limits) and the alert itself: the survey's cadence as the
+    packets show it, comparable between simulated and real packets (docs/sim_to_real.md, section 8)."""
+    gaps = []
+    for r in records:
+        c = (r or {}).get("candidate") or {}
+        if c.get("fid") not in (1, 2) or c.get("jd") is None:
+            continue
+        jd = [p["jd"] for p in (r.get("prv_candidates") or [])
+              if p.get("jd") is not None and c["jd"] - window <= p["jd"] < c["jd"]]
+        nights = np.unique(np.floor(np.asarray(jd + [c["jd"]], np.float64) - 0.5))
+        gaps.append(np.diff(nights))
+    return np.concatenate(gaps) if gaps else np.zeros(0)
