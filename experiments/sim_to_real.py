@@ -54,17 +54,27 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
 def placeholder_subsets(packets) -> dict[str, set[int]]:
     """Split the packets by whether their host fields are placeholders: most of the Fink test packets carry
     distpsnr1 = 120, sgscore1 = 0.2 and jdstarthist one hour before jd whatever their history (docs/sim_to_real.md,
-    "What still differs"), fields that no real ZTF alert has, so the comparison is also given without them."""
+    "What still differs"), fields that no real ZTF alert has, so the comparison is also given without them.
+
+    The packets with real host fields are also split by whether ZTF matched a known solar-system object within
+    10" (`ssdistnr`): asteroids are most of the real single-detection alerts, and what a model does on them is
+    a cue of its own (docs/sim_to_real.md, section 8)."""
     from btsbot_jax.ingest.readers import iter_alerts
 
-    out = {"placeholder host fields": set(), "real host fields": set()}
+    out = {"placeholder host fields": set(), "real host fields": set(),
+           "real host fields, known asteroids": set(), "real host fields, no known asteroid": set()}
     for a in iter_alerts(list(packets)):
         if not a.record or "candid" not in a.record:
             continue  # unreadable: the scorers reject it too, so it is in no comparison
         c = a.record.get("candidate") or {}
         fake = (c.get("distpsnr1") == 120 and abs((c.get("sgscore1") or 0) - 0.2) < 1e-6  # a float32 0.2
                 and abs((c.get("jd") or 0) - (c.get("jdstarthist") or 0) - 1 / 24) < 1e-4)
-        out["placeholder host fields" if fake else "real host fields"].add(int(a.record["candid"]))
+        candid = int(a.record["candid"])
+        out["placeholder host fields" if fake else "real host fields"].add(candid)
+        if not fake:
+            ss = c.get("ssdistnr")
+            known = ss is not None and 0 <= ss < 10
+            out["real host fields, known asteroids" if known else "real host fields, no known asteroid"].add(candid)
     return out
 
 
@@ -78,12 +88,16 @@ def markdown_table(paths) -> str:
     head = ("| sources | seed | test AUC [90%] (simulated) | v1.0.1 on that split [90%] | AUC vs v1.0.1 on real "
             "packets (768) | agreement | Spearman | real host fields only (382): AUC / agreement | labelled AUC | "
             "test alerts / positives | simulate / train (s) |")
-    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     runs = []
     for path in paths:
         d = json.loads(Path(path).read_text())
         survey = re.search(r"--num_sources=(\d+) --seed=(\d+)", d.get("trained") or "")
         runs.append((tuple(map(int, survey.groups())) if survey else (-1, -1), d))
+    ast = "real host fields, known asteroids"
+    with_ast = bool(runs) and all(ast in d["packets_by_subset"] for _, d in runs)  # JSONs from section 8 on
+    if with_ast:
+        head += " known asteroids (110): positives, model / v1.0.1 |"
+    rows = [head, "|" + "---|" * head.count(" | ") + "---|"]
     for (size, seed), d in sorted(runs, key=lambda x: x[0]):
         m, r, k = d["model_on_simulated"], d["reference_on_simulated"], d["packets"]
         h = d["packets_by_subset"]["real host fields"]
@@ -92,7 +106,9 @@ def markdown_table(paths) -> str:
         rows.append(f"| {size} | {seed} | {_interval(m)} | {_interval(r)} | {k['auc_vs_reference_decisions']:.3f} | "
                     f"{k['decision_agreement']:.3f} | {k['spearman']:.2f} | {h['auc_vs_reference_decisions']:.3f} / "
                     f"{h['decision_agreement']:.3f} | {d['labelled']['model']['auc']:.2f} | {m['alerts']} / "
-                    f"{m['positives']} | {t.get('simulate', '-')} / {t.get('train', '-')} |")
+                    f"{m['positives']} | {t.get('simulate', '-')} / {t.get('train', '-')} |"
+                    + (f" {d['packets_by_subset'][ast]['model_positive']} / "
+                       f"{d['packets_by_subset'][ast]['reference_positive']} |" if with_ast else ""))
     return "\n".join(rows)
 
 

@@ -43,3 +43,44 @@ def test_metadata_gbt_finds_the_threshold_and_counts_sources(tmp_path):
     assert out["train_sources"] == 60 and out["val_sources"] == 12 and out["test_sources"] == 10
     assert out["val_alerts"] == 60 and out["test_alerts"] == 50
     assert out["val_auc"] == 1.0 and out["test_auc"] == 0.0
+
+
+def test_sim_to_real_subsets_split_the_real_packets():
+    """The views of experiments/sim_to_real.py partition the real packets: placeholder host fields or real ones, and
+    the real ones by whether ZTF matched a known asteroid within 10" (counted here with fastavro, not our reader)."""
+    import fastavro
+    from conftest import ZTF_ALERTS, require
+
+    require(ZTF_ALERTS)
+    subsets = _load("sim_to_real").placeholder_subsets([ZTF_ALERTS])
+    known, other = set(), set()
+    for path in sorted(ZTF_ALERTS.rglob("*.avro")):
+        with open(path, "rb") as f:
+            for rec in fastavro.reader(f):
+                ss = rec["candidate"]["ssdistnr"]
+                (known if ss is not None and 0 <= ss < 10 else other).add(rec["candid"])
+    assert subsets["placeholder host fields"] == set()  # the kowalski packets are raw ZTF
+    assert subsets["real host fields"] == known | other and len(known) == 15 and len(other) == 21
+    assert subsets["real host fields, known asteroids"] == known
+    assert subsets["real host fields, no known asteroid"] == other
+
+
+def test_sim_to_real_table_adds_the_asteroid_column_only_when_every_run_has_it(tmp_path):
+    import json
+
+    mod = _load("sim_to_real")
+    view = {"auc": 0.9, "auc_source_bootstrap_90": [0.8, 0.95], "alerts": 100, "positives": 40}
+    agree = {"auc_vs_reference_decisions": 0.8, "decision_agreement": 0.7, "spearman": 0.6,
+             "model_positive": 33, "reference_positive": 22}
+    paths = []
+    for seed, subsets in ((0, ("real host fields", "real host fields, known asteroids")), (1, ("real host fields",))):
+        d = {"trained": f"demo, btsbot-simulate --num_sources=400 --seed={seed}", "model_on_simulated": view,
+             "reference_on_simulated": view, "packets": agree, "labelled": {"model": {"auc": 0.5}},
+             "packets_by_subset": {k: agree for k in subsets}}
+        paths.append(tmp_path / f"{seed}.json")
+        paths[-1].write_text(json.dumps(d))
+    both = mod.markdown_table(paths).splitlines()
+    assert len(both) == 4 and all(r.count("|") == 12 for r in both)  # one JSON lacks the view: no column
+    one = mod.markdown_table(paths[:1]).splitlines()
+    assert one[0].endswith("known asteroids (110): positives, model / v1.0.1 |") and one[2].endswith("| 33 / 22 |")
+    assert all(r.count("|") == 13 for r in one)
