@@ -75,9 +75,9 @@ def _artefact_flux(src: Source, rng: np.random.Generator, vis, F_point: np.ndarr
         # the training set (docs/sim_to_real.md, section 8).
         flux = np.zeros(n)
         if n:
-            k = min(int(np.searchsorted(vis.jd, a["t_events"][0])), n - 1)
-            _, pk, _ = src.lc.events[0]
-            flux[k] = 10 ** (-0.4 * (pk + (src.lc.color if vis.fid[k] == 1 else 0.0) - zp[k]))
+            t = a["t_events"][0]
+            k = _first_visit_after(vis.jd, t)
+            flux[k] = 10 ** (-0.4 * (src.lc.mag(np.array([t]), vis.fid[k:k + 1])[0] - zp[k]))  # its peak, this band
         return flux, params
     # instantaneous artefacts: the first visit after each event time (hot pixels recur a few times)
     flux = np.zeros(n)
@@ -121,6 +121,11 @@ def _gaia(src: Source) -> dict:
     return out
 
 
+def _first_visit_after(jd: np.ndarray, t: float) -> int:
+    """Index of the first exposure at or after t (the last one when the season ends before t)."""
+    return min(int(np.searchsorted(jd, t)), len(jd) - 1)
+
+
 def _flare_at_a_visit(src: Source, jd: np.ndarray, seed: int):
     """The stellar flare with its peak moved to just before the first exposure after its drawn time.
 
@@ -130,8 +135,7 @@ def _flare_at_a_visit(src: Source, jd: np.ndarray, seed: int):
     rng = np.random.default_rng([seed, 0xF1A, src.index] + ([src.draw] if src.draw else []))
     events = []
     for tp, pk, decay in src.lc.events:
-        k = min(int(np.searchsorted(jd, tp)), len(jd) - 1)
-        events.append((float(jd[k] - rng.uniform(0, decay)), pk, decay))
+        events.append((float(jd[_first_visit_after(jd, tp)] - rng.uniform(0, decay)), pk, decay))
     return lightcurves.Flare(src.lc.quiescent, events, src.lc.color)
 
 
