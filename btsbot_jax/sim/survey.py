@@ -98,7 +98,7 @@ def schedule(rng: np.random.Generator, nights: Nights, t_lo: float, t_hi: float,
     field is due again `1 / p_visit` nights (1.4-3.3, p_visit 0.3-0.7) after its last visit, observed on the first
     clear night it is due, and skipped on a due night 1 time in 6 (the scheduler's other priorities). With
     make_nights' weather, 0.1% of the in-season gaps are of 10 nights or more, as in the real packets' 30-day
-    histories (0-0.2%); a Bernoulli draw per night (before docs/sim_to_real.md section 8) gave 2.3%. The position
+    histories (0-0.2%); a Bernoulli draw per night (before docs/sim_to_real.md section 8) gave 2.0%. The position
     is unobservable for ~3.5 months a year around conjunction with the Sun (from its RA)."""
     n0 = int(np.floor(t_lo - 0.5))
     n1 = int(np.floor(t_hi - 0.5))
