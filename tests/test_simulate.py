@@ -15,7 +15,7 @@ import fastavro
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import DATA, EXAMPLES, ZTF_ALERTS, require
+from conftest import DATA, EXAMPLES, ZTF_ALERTS, ZTF_ALERTS_FINK, require
 
 from btsbot_jax.constants import METADATA_COLUMNS
 from btsbot_jax.data.training_set import load_split
@@ -195,15 +195,13 @@ def test_packets_are_self_consistent(run):
     assert len(alerts) == res.num_alerts > 2000
     candids = [a["candid"] for a in alerts]
     assert len(set(candids)) == len(candids)
-    shapes, nan_alerts, ratios, n_faint_psf = set(), 0, [], 0
+    shapes, nan_alerts, ratios, prv_faint_psf = set(), 0, [], 0
     for a in alerts:
         c = a["candidate"]
         assert a["candid"] == c["candid"] and a["objectId"].startswith("ZTF")
-        assert c["scorr"] >= 5.0  # the alert trigger
-        # the PSF fit's S/N sits a little below scorr's (docs/sim_to_real.md, "What still differs": 2.3% of the
-        # simulated alerts have sigmapsf above the real packets' maximum 0.217, i.e. S/N_psf < 5, up to ~0.28)
-        assert 0 < c["sigmapsf"] < 0.3 and 12 < c["magpsf"] < 22
-        n_faint_psf += c["sigmapsf"] > 1.0857 / 5
+        assert c["scorr"] >= 5.0  # the candidate trigger
+        # and the PSF fit's S/N >= 5, as every real packet (docs/sim_to_real.md, section 9)
+        assert 0 < c["sigmapsf"] <= 1.0857 / 5 + 1e-6 and 12 < c["magpsf"] < 22
         assert c["isdiffpos"] in ("t", "f") and c["fid"] in (1, 2, 3)
         assert 16.5 < c["diffmaglim"] < 22.0 and 0.3 < c["fwhm"] < 15
         assert c["ndethist"] <= c["ncovhist"] and c["jdstarthist"] <= c["jd"] + 1e-9
@@ -218,8 +216,9 @@ def test_packets_are_self_consistent(run):
             assert c["jd"] - 30 <= p["jd"] < c["jd"]
             if p["magpsf"] is None:  # upper limit
                 assert p["candid"] is None and p["diffmaglim"] is not None
-            else:
-                assert p["candid"] is not None and p["isdiffpos"] in ("t", "f")
+            else:  # a candidate: scorr >= 5, its PSF fit's S/N may be under 5 (then it made no alert)
+                assert p["candid"] is not None and p["isdiffpos"] in ("t", "f") and p["scorr"] >= 5.0
+                prv_faint_psf += p["sigmapsf"] > 1.0857 / 5 + 1e-6
         imgs = [read_stamp(a[k]["stampData"]) for k in CUTOUTS]
         assert len({i.shape for i in imgs}) == 1
         shapes.add(imgs[0].shape)
@@ -230,7 +229,7 @@ def test_packets_are_self_consistent(run):
             ratios.append(mad(ref[:12, :12]) / max(mad(sci[:12, :12]), 1e-6))
     assert (63, 63) in shapes and any(s != (63, 63) for s in shapes)  # cut stamps at CCD edges
     assert 0 < nan_alerts < 0.5 * len(alerts)
-    assert n_faint_psf < 0.05 * len(alerts)
+    assert prv_faint_psf > 0  # candidates that made no alert are in later alerts' histories
     assert np.median(ratios) < 0.5  # the reference is deeper than the science exposure
 
 
@@ -435,6 +434,73 @@ def test_cadence_follows_the_real_packets_histories(run):
     assert len(real) > 300 and len(sim) > 3000, (len(real), len(sim))
     for g in (real, sim):
         assert np.median(g) == 2 and np.percentile(g, 99) <= 9 and (g >= 10).mean() < 0.005, np.percentile(g, [50, 99])
+
+
+def test_measured_snr_falls_with_the_light_of_the_reference_source():
+    """The S/N model of generate.measured_snr without scatter: scorr carries F's sign, both S/N fall as the nearest
+    reference source brightens or comes closer, and the PSF fit's S/N saturates for bright sources."""
+    from btsbot_jax.sim.generate import PSF_FIT, SCORR_FIT, measured_snr
+
+    f = np.array([8.0, -8.0, 8.0, 8.0, 8.0, 2000.0])
+    magnr = np.array([30.0, 30.0, 18.0, 15.0, 15.0, 30.0])
+    distnr = np.array([0.5, 0.5, 0.5, 0.5, 20.0, 0.5])
+    z = np.zeros(6)
+    scorr, psf = measured_snr(f, 1.0, np.full(6, 20.5), magnr, distnr, z, z)
+    # no reference light: s / sqrt(1/c^2 + (s/s1)^q) and s / sqrt(1/c^2 + s/s1 + (g s)^2)
+    k, p = SCORR_FIT, PSF_FIT
+    assert scorr[0] == pytest.approx(8 / np.sqrt(1 / k["c"] ** 2 + (8 / k["s1"]) ** k["q"]), rel=1e-5)
+    assert psf[0] == pytest.approx(8 / np.sqrt(1 / p["c"] ** 2 + 8 / p["s1"] + (p["g"] * 8) ** 2), rel=1e-5)
+    assert scorr[1] == -scorr[0] and psf[1] == psf[0]
+    assert scorr[0] > scorr[2] > scorr[3] and psf[0] > psf[2] > psf[3]
+    assert scorr[4] == pytest.approx(scorr[0], rel=1e-3)  # 20 px away: its light no longer counts
+    assert psf[5] < 1 / p["g"]
+
+
+def test_measurement_model_constants_are_the_fit_to_the_real_packets():
+    """generate.SCORR_FIT / PSF_FIT are what experiments/fit_measurement_model.py fits to the real packets."""
+    import importlib.util
+
+    from btsbot_jax.sim.compare import measurement_points
+    from btsbot_jax.sim.generate import PSF_FIT, SCORR_FIT
+
+    require(ZTF_ALERTS)
+    require(ZTF_ALERTS_FINK)
+    spec = importlib.util.spec_from_file_location("fit_mm", Path(__file__).parents[1] / "experiments"
+                                                  / "fit_measurement_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    pts = measurement_points(a.record for a in iter_alerts([ZTF_ALERTS, ZTF_ALERTS_FINK])).drop_duplicates("candid")
+    assert len(pts) > 5000 and (pts["kind"] == "alert").sum() > 700
+    params, _ = mod.fit(pts)
+    for fitted, used in ((params["scorr"], SCORR_FIT), (params["psf"], PSF_FIT)):
+        for name, v in fitted.items():
+            assert used[name] == pytest.approx(v, rel=0.01), (name, v, used[name])
+
+
+def test_measurement_model_follows_the_real_packets(run):
+    """scorr and the PSF fit's S/N against the S/N the image's depth implies, binned by that S/N and by the light of
+    the nearest reference source (compare.snr_relation): simulated as in the real packets, within a factor 1.5 in
+    every bin both fill up to S/N 100 (above it the ratio of medians follows how bright the stars are, a population
+    matter: the simulated ones reach 11th mag, the real ones 13th). Before section 9 the simulator gave the same
+    scorr on a 15th-mag star as on a hostless SN (3x the real ratio) and a PSF S/N 40-50% above the real one."""
+    from btsbot_jax.sim.compare import measurement_points, snr_relation
+
+    require(ZTF_ALERTS)
+    require(ZTF_ALERTS_FINK)
+    real = measurement_points(a.record for a in iter_alerts([ZTF_ALERTS, ZTF_ALERTS_FINK]))
+    sim = measurement_points(run[1])
+    both = snr_relation(real.drop_duplicates("candid")).merge(snr_relation(sim.drop_duplicates("candid")),
+                                                               left_index=True, right_index=True, suffixes=("", "_sim"))
+    upto100 = np.array([iv.right <= 100 for iv in both.index.get_level_values("s")])
+    both = both[(both["n"] >= 30) & (both["n_sim"] >= 30) & upto100]
+    assert len(both) >= 8, both
+    for col in ("scorr_over_s", "psf_over_s"):
+        ratio = np.log(both[col + "_sim"] / both[col])
+        assert (ratio.abs() < np.log(1.5)).all(), both[[col, col + "_sim"]]
+    # every alert passes the PSF cut; some history detections (candidates) do not: real 11%, simulated ~17%
+    for d in (real, sim):
+        assert (d.loc[d["kind"] == "alert", "sigmapsf"] <= 0.2172).all()
+        assert 0.03 < (d.loc[d["kind"] == "prv", "sigmapsf"] > 0.2172).mean() < 0.3
 
 
 @pytest.mark.slow

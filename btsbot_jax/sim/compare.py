@@ -344,3 +344,46 @@ def history_gaps(records, window: float = 30.0) -> np.ndarray:
         nights = np.unique(np.floor(np.asarray(jd + [c["jd"]], np.float64) - 0.5))
         gaps.append(np.diff(nights))
     return np.concatenate(gaps) if gaps else np.zeros(0)
+
+
+def measurement_points(records) -> pd.DataFrame:
+    """One row per detection (the alert's candidate and each prv_candidates detection, once per candid) with what
+    the S/N measurement model relates (docs/sim_to_real.md, section 9): `scorr`, the PSF fit's S/N (1.0857 /
+    `sigmapsf`), s = the S/N that `diffmaglim` (the image's 5-sigma limit) implies for `magpsf`, and h_ref = the
+    nearest reference source's flux in the same units; `kind` is "alert" or "prv" (a detection that is both, an
+    earlier alert in a later alert's history, has a row of each kind)."""
+    rows, seen = [], set()
+    for r in records:
+        if not r:
+            continue
+        entries = [("alert", r.get("candidate") or {})]
+        entries += [("prv", p) for p in (r.get("prv_candidates") or []) if p and p.get("magpsf") is not None]
+        for kind, c in entries:
+            vals = [c.get(k) for k in ("candid", "scorr", "sigmapsf", "magpsf", "diffmaglim", "magnr", "distnr")]
+            if any(v is None for v in vals) or (kind, vals[0]) in seen or not vals[2] > 0:
+                continue
+            seen.add((kind, vals[0]))
+            rows.append((kind, *vals, int(c.get("fid") or 0)))
+    d = pd.DataFrame(rows, columns=["kind", "candid", "scorr", "sigmapsf", "magpsf", "diffmaglim", "magnr", "distnr",
+                                    "fid"])
+    d["snr_psf"] = 1.0857 / d["sigmapsf"]
+    d["s"] = 5 * 10 ** (0.4 * (d["diffmaglim"] - d["magpsf"]))
+    ok = (d["magnr"] > 0) & (d["distnr"] >= 0)
+    d["h_ref"] = np.where(ok, 5 * 10 ** (0.4 * (d["diffmaglim"] - d["magnr"].where(ok, 99.0))), 0.0)
+    d["distnr"] = d["distnr"].where(ok, 99.0)
+    return d
+
+
+SNR_BINS = (0, 10, 30, 100, np.inf)
+HOST_BINS = (-1, 1, 10, 100, np.inf)
+
+
+def snr_relation(points: pd.DataFrame) -> pd.DataFrame:
+    """Median scorr / s and PSF S/N / s in bins of s and of the reference source's light at the position (h_ref
+    tapered over 1.5 px): how far each S/N falls below what the image's depth alone implies."""
+    h = points["h_ref"] * np.exp(-0.5 * (points["distnr"] / 1.5) ** 2)
+    g = points.groupby([pd.cut(h, HOST_BINS), pd.cut(points["s"], SNR_BINS)], observed=True)
+    out = pd.concat([g.size().rename("n"), (g["scorr"].median() / g["s"].median()).rename("scorr_over_s"),
+                     (g["snr_psf"].median() / g["s"].median()).rename("psf_over_s")], axis=1)
+    out.index.names = ["h_ref", "s"]
+    return out

@@ -3,10 +3,18 @@ candidate fields consistently, build prv_candidates and render the three cutouts
 
 Measurement model, calibrated on the real packets (kowalski + fink sets in ../shared/data):
 - measured difference flux F = F_true + N(0, sqrt(sigma_F^2 + (0.02 F)^2));
-- `scorr` (ZOGY's matched-filter S/N, the alert trigger at |scorr| >= 5) = F / sqrt((sigma_F/1.3)^2 + (beta F)^2):
-  slightly above F/sigma_F for faint sources, saturating at ~20-130 for bright ones (beta ~ 0.024), as in ZTF;
-- `sigmapsf` = 1.0857 / (F / sqrt((sigma_F/1.25)^2 + (gamma F)^2)), gamma ~ 0.04: a floor of a few 0.01 mag;
-- `chipsf` ~ 1 + (S/N / 13)^2 (PSF mismatch grows with brightness), higher for artefacts;
+- `scorr` (ZOGY's matched-filter S/N, the candidate trigger at |scorr| >= 5) and the PSF fit's S/N (`sigmapsf` =
+  1.0857 / S/N) are functions of s = |F| / sigma_F (the S/N the image's 5-sigma `diffmaglim` implies) and of the
+  nearest reference source (`magnr`, `distnr`): its light adds noise at the position (h = its flux in units of
+  sigma_F, tapered with distance), so both fall below s on bright hosts and stars, as in the real packets
+  (`SCORR_FIT`, `PSF_FIT`; fitted to the alerts and prv_candidates detections of ../shared/data by
+  experiments/fit_measurement_model.py, a log-normal scatter that grows with s as the fit's residuals do);
+- a candidate is an alert only if its PSF fit's S/N >= 5 (`sigmapsf` <= 0.217): none of the 768 real packets is
+  above it, they are as dense right below it as anywhere in 0.15-0.2, and 12% of the real prv_candidates
+  detections (candidates that made no alert) are above it (Masci et al. 2019: candidates are "lightly filtered"
+  before they become alerts). The other candidates show in later alerts' prv_candidates;
+- `chipsf` ~ 1 + (S/N / 11)^2 (PSF mismatch grows with brightness; 13 before the S/N model of section 9 lowered
+  the PSF S/N of bright sources), higher for artefacts;
 - `drb` is read off the rendered difference stamp, as ZTF's real-bogus CNN reads the real one: its logit is
   `image_stats.drb_logit` of the stamp (PSF correlation up, a too-sharp peak or a negative lobe down) plus a
   little noise, so a dipole, a cosmic ray or a clean point source get the score their image deserves whatever
@@ -27,6 +35,31 @@ SEEING_GRID0 = 0.8  # px: FWHM grid for the cached scene renders
 SEEING_GRID_STEP = 1.1
 PRV_WINDOW = 30.0  # days of history in prv_candidates, as ZTF
 ALERT_SCORR = 5.0
+ALERT_SNR_PSF = 5.0  # sigmapsf <= 1.0857 / 5
+# s / S/N = sqrt(1/c^2 + h/h1 + (h/h2)^2 + (s/s1)^q) for scorr and sqrt(1/c^2 + h/h1 + s/s1 + (g s)^2) for the PSF
+# fit, h = 5 * 10^(0.4 (diffmaglim - magnr)) * exp(-distnr^2 / (2 d^2)) (distnr in pixels); ln-scatter
+# sd0 + sd1 * log10(max(s, 10) / 10), read off the fit's residuals by s. Fitted by
+# experiments/fit_measurement_model.py (docs/sim_to_real.md, section 9).
+SCORR_FIT = dict(c=1.67, h1=87.0, h2=78.4, s1=36.6, q=1.39, d=3.77, sd0=0.15, sd1=0.30)
+PSF_FIT = dict(c=1.26, h1=57.4, s1=17.6, g=0.0376, d=9.16, sd0=0.15, sd1=0.24)
+
+
+def measured_snr(f_meas, sigma_f, diffmaglim, magnr, distnr, z_scorr, z_psf):
+    """(scorr with the sign of F, PSF-fit S/N >= 0) of difference fluxes F measured with error sigma_F.
+
+    z_*: standard normal draws for the log-normal scatter. Pure numpy, so the fit and the simulator share it."""
+    f_meas = np.asarray(f_meas, float)
+    s = np.abs(f_meas) / sigma_f
+    h_ref = 5 * 10 ** (0.4 * (np.asarray(diffmaglim, float) - np.asarray(magnr, float)))
+    k, p = SCORR_FIT, PSF_FIT
+    h = h_ref * np.exp(-0.5 * (np.asarray(distnr, float) / k["d"]) ** 2)
+    v = 1 / k["c"] ** 2 + h / k["h1"] + (h / k["h2"]) ** 2 + (s / k["s1"]) ** k["q"]
+    lg = np.log10(np.maximum(s, 10.0) / 10.0)
+    scorr = np.sign(f_meas) * s / np.sqrt(v) * np.exp((k["sd0"] + k["sd1"] * lg) * z_scorr)
+    h = h_ref * np.exp(-0.5 * (np.asarray(distnr, float) / p["d"]) ** 2)
+    v = 1 / p["c"] ** 2 + h / p["h1"] + s / p["s1"] + (p["g"] * s) ** 2
+    snr_psf = s / np.sqrt(v) * np.exp((p["sd0"] + p["sd1"] * lg) * z_psf)
+    return scorr, snr_psf
 RAW_DET_SNR = 3.0
 DRB_NOISE = 1.0  # logit scatter of the simulated drb around what the difference stamp shows
 PROGRAM_PI = {1: "Kulkarni", 2: "Kulkarni", 3: "TESS"}
@@ -169,12 +202,13 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         f_true, art_params = _artefact_flux(src, rng, vis, f_true)
     sig = vis.sigma_flux
     f_meas = f_true + rng.normal(0, 1, n) * np.sqrt(sig ** 2 + (0.02 * f_true) ** 2)
-    beta = 0.024 * np.exp(rng.normal(0, 0.35, n))
-    gamma = 0.04 * np.exp(rng.normal(0, 0.35, n))
-    scorr = f_meas / np.sqrt((sig / 1.3) ** 2 + (beta * f_meas) ** 2)
-    snr_psf = np.abs(f_meas) / np.sqrt((sig / 1.25) ** 2 + (gamma * f_meas) ** 2)
-    alert = np.abs(scorr) >= ALERT_SCORR
-    raw_det = alert | (np.abs(f_meas / sig) >= RAW_DET_SNR)
+    near = src.ref_nearest
+    magnr = np.array([near["magnr"][int(f)] for f in vis.fid]) if n else np.zeros(0)
+    scorr, snr_psf = measured_snr(f_meas, sig, vis.diffmaglim, magnr, near["distnr"], rng.normal(0, 1, n),
+                                  rng.normal(0, 1, n))
+    cand = np.abs(scorr) >= ALERT_SCORR
+    alert = cand & (snr_psf >= ALERT_SNR_PSF)
+    raw_det = cand | (np.abs(f_meas / sig) >= RAW_DET_SNR)
 
     truth = {"objectId": None, "source_index": src.index, "source_set": src.set, "label": src.label,
              "subtype": src.subtype, "ra": src.ra, "dec": src.dec, "n_visits": n, "n_alerts": int(alert.sum())}
@@ -218,7 +252,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
     rb = np.clip(_sigmoid(0.35 * logit + rng.normal(0.4, 0.5, n)) * 0.98, 0.01, 0.99)
     magpsf = zp - 2.5 * np.log10(np.maximum(np.abs(f_meas), 1e-3))
     sigmapsf = 1.0857 / np.maximum(snr_psf, 1e-3)
-    chipsf = np.exp(rng.normal(0, 0.3, n)) * (1 + (snr_psf / 13.0) ** 2.0) * (3.0 if is_bogus else 1.0)
+    chipsf = np.exp(rng.normal(0, 0.3, n)) * (1 + (snr_psf / 11.0) ** 2.0) * (3.0 if is_bogus else 1.0)
     fwhm = vis.fwhm_px * np.exp(rng.normal(0.02, 0.12, n))
     if src.artefact is not None and src.artefact["kind"] in ("cosmic ray", "hot pixel"):
         fwhm = rng.uniform(0.6, 1.3, n)
@@ -228,7 +262,6 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
     if src.artefact is not None and src.artefact["kind"] in ("bad column", "dipole"):
         elong = elong + rng.uniform(0.5, 3, n)
     magdiff = rng.normal(0.03, 0.12, n)
-    near = src.ref_nearest
     host_light = near["distnr"] < 3 and near.get("extended", False)
     if host_light:
         magdiff = magdiff - rng.uniform(0, 0.4, n)
@@ -287,7 +320,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         }
         return out
 
-    # prv_candidates entries: detections (alerts) in full, other exposures as upper limits
+    # prv_candidates entries: detections (candidates) in full, other exposures as upper limits
     prv_cache: dict[int, dict] = {}
     stamp_cache: dict = {}
     cand_cache: dict[int, dict] = {}
@@ -296,7 +329,7 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
         e = prv_cache.get(i)
         if e is None:
             e = exposure_fields(i)
-            if alert[i]:
+            if cand[i]:
                 m = cand_cache[i]
                 e.update({k: m[k] for k in PRV_MEAS})
             else:
@@ -309,8 +342,13 @@ def simulate_source(src: Source, nights: Nights, seed: int, render_cutouts: bool
     for i in alert_idx:
         meas = measurement_fields(i)
         cand_cache[i] = meas
+    for i in np.flatnonzero(cand & ~alert):  # after the alerts' draws, so that those stay as they were
+        cand_cache[i] = measurement_fields(i)
+        # no stamp is rendered for a candidate that made no alert: its 5x5 statistics are left null, and its rb is the
+        # source's realness draw (as without cutouts)
+        cand_cache[i].update(nneg=None, nbad=None, sumrat=None)
     if src.subtype == "asteroid":
-        for i in alert_idx:
+        for i in np.flatnonzero(cand):
             cand_cache[i].update(ssdistnr=_f(rng.uniform(0, 4)), ssmagnr=_f(magpsf[i] + rng.normal(0, 0.3)),
                                  ssnamenr=str(10000 + src.index % 500000))
     renderer = _Renderer(src, vis, seed, stamp_cache, art_params, level) if render_cutouts else None
