@@ -63,6 +63,13 @@ def main(argv):
         m = ((real["s"] > lo) & (real["s"] <= hi)).to_numpy()
         print(f"s in ({lo}, {hi}]: {m.sum()} detections, log-residual sd scorr {np.std(resid['scorr'][m]):.3f}, "
               f"psf {np.std(resid['psf'][m]):.3f}")
+    # the forms before section 9 (no reference light; beta 0.024, gamma 0.04, without their scatter)
+    old_sc = real["s"] / np.sqrt((1 / 1.3) ** 2 + (0.024 * real["s"]) ** 2)
+    old_ps = real["s"] / np.sqrt((1 / 1.25) ** 2 + (0.04 * real["s"]) ** 2)
+    for name, model, col in (("scorr", old_sc, "scorr"), ("psf", old_ps, "snr_psf")):
+        r = np.log(model / real[col])
+        print(f"before section 9, {name}: log-residual mean {r.mean():.3f}, sd {r.std():.3f}; fitted: mean "
+              f"{resid[name].mean():.3f}, sd {resid[name].std():.3f}")
     fitted = real.assign(scorr=scorr_model(list(params["scorr"].values()), real),
                          snr_psf=psf_model(list(params["psf"].values()), real))
     table = compare.snr_relation(real).merge(compare.snr_relation(fitted), left_index=True, right_index=True,
