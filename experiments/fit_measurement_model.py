@@ -19,27 +19,23 @@ from absl import app, flags
 from scipy.optimize import least_squares
 
 from btsbot_jax.ingest.readers import iter_alerts
-from btsbot_jax.sim import compare
+from btsbot_jax.sim import compare, generate
 
 flags.DEFINE_list("packets", ["../shared/data/ztf_alerts", "../shared/data/ztf_alerts_fink"], "Real packet folders.")
 flags.DEFINE_string("simulated", None, "A simulated survey's alerts folder, to compare with.")
 FLAGS = flags.FLAGS
 
 
-def _h(h_ref, distnr, d):
-    return h_ref * np.exp(-0.5 * (distnr / d) ** 2)
+SCORR_PARAMS = ("c", "h1", "h2", "s1", "q", "d")
+PSF_PARAMS = ("c", "h1", "s1", "g", "d")
 
 
 def scorr_model(p, pts):
-    c, h1, h2, s1, q, d = p
-    h = _h(pts["h_ref"], pts["distnr"], d)
-    return pts["s"] / np.sqrt(1 / c ** 2 + h / h1 + (h / h2) ** 2 + (pts["s"] / s1) ** q)
+    return pts["s"] / generate.scorr_deficit(pts["s"], pts["h_ref"], pts["distnr"], **dict(zip(SCORR_PARAMS, p)))
 
 
 def psf_model(p, pts):
-    c, h1, s1, g, d = p
-    h = _h(pts["h_ref"], pts["distnr"], d)
-    return pts["s"] / np.sqrt(1 / c ** 2 + h / h1 + pts["s"] / s1 + (g * pts["s"]) ** 2)
+    return pts["s"] / generate.psf_deficit(pts["s"], pts["h_ref"], pts["distnr"], **dict(zip(PSF_PARAMS, p)))
 
 
 def fit(pts):
@@ -48,8 +44,8 @@ def fit(pts):
                        bounds=([0.3, 1, 1, 1, 0.5, 0.3], [3, 1e5, 1e6, 1e4, 4, 10]))
     ps = least_squares(lambda p: np.log(psf_model(p, pts) / pts["snr_psf"]), [1.0, 100, 10, 0.03, 1.5],
                        bounds=([0.3, 1, 0.5, 0, 0.3], [3, 1e5, 1e4, 0.5, 10]))
-    params = {"scorr": dict(zip(("c", "h1", "h2", "s1", "q", "d"), np.round(sc.x, 4).tolist())),
-              "psf": dict(zip(("c", "h1", "s1", "g", "d"), np.round(ps.x, 4).tolist()))}
+    params = {"scorr": dict(zip(SCORR_PARAMS, np.round(sc.x, 4).tolist())),
+              "psf": dict(zip(PSF_PARAMS, np.round(ps.x, 4).tolist()))}
     return params, {"scorr": sc.fun, "psf": ps.fun}
 
 

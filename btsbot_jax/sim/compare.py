@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from btsbot_jax.constants import METADATA_COLUMNS
+from btsbot_jax.sim.generate import reference_light
 from btsbot_jax.sim.population import TABLE1_CLEANED
 
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
@@ -369,7 +370,7 @@ def measurement_points(records) -> pd.DataFrame:
     d["snr_psf"] = 1.0857 / d["sigmapsf"]
     d["s"] = 5 * 10 ** (0.4 * (d["diffmaglim"] - d["magpsf"]))
     ok = (d["magnr"] > 0) & (d["distnr"] >= 0)
-    d["h_ref"] = np.where(ok, 5 * 10 ** (0.4 * (d["diffmaglim"] - d["magnr"].where(ok, 99.0))), 0.0)
+    d["h_ref"] = np.where(ok, reference_light(d["diffmaglim"], d["magnr"].where(ok, 99.0)), 0.0)
     d["distnr"] = d["distnr"].where(ok, 99.0)
     return d
 

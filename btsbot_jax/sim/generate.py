@@ -10,7 +10,7 @@ Measurement model, calibrated on the real packets (kowalski + fink sets in ../sh
   (`SCORR_FIT`, `PSF_FIT`; fitted to the alerts and prv_candidates detections of ../shared/data by
   experiments/fit_measurement_model.py, a log-normal scatter that grows with s as the fit's residuals do);
 - a candidate is an alert only if its PSF fit's S/N >= 5 (`sigmapsf` <= 0.217): none of the 768 real packets is
-  above it, they are as dense right below it as anywhere in 0.15-0.2, and 12% of the real prv_candidates
+  above it, they are as dense right below it as anywhere in 0.15-0.2, and 11% of the real prv_candidates
   detections (candidates that made no alert) are above it (Masci et al. 2019: candidates are "lightly filtered"
   before they become alerts). The other candidates show in later alerts' prv_candidates;
 - `chipsf` ~ 1 + (S/N / 11)^2 (PSF mismatch grows with brightness; 13 before the S/N model of section 9 lowered
@@ -44,22 +44,38 @@ SCORR_FIT = dict(c=1.67, h1=87.0, h2=78.4, s1=36.6, q=1.39, d=3.77, sd0=0.15, sd
 PSF_FIT = dict(c=1.26, h1=57.4, s1=17.6, g=0.0376, d=9.16, sd0=0.15, sd1=0.24)
 
 
+def reference_light(diffmaglim, magnr):
+    """The nearest reference source's flux in units of the image's 1-sigma PSF-flux error (`diffmaglim` is 5 sigma)."""
+    return 5 * 10 ** (0.4 * (np.asarray(diffmaglim, float) - np.asarray(magnr, float)))
+
+
+def scorr_deficit(s, h_ref, distnr, c, h1, h2, s1, q, d, **_):
+    """s / scorr without scatter: SCORR_FIT's form, shared with the fit (experiments/fit_measurement_model.py)."""
+    h = h_ref * np.exp(-0.5 * (distnr / d) ** 2)
+    return np.sqrt(1 / c ** 2 + h / h1 + (h / h2) ** 2 + (s / s1) ** q)
+
+
+def psf_deficit(s, h_ref, distnr, c, h1, s1, g, d, **_):
+    """s / (PSF fit's S/N) without scatter: PSF_FIT's form, shared with the fit."""
+    h = h_ref * np.exp(-0.5 * (distnr / d) ** 2)
+    return np.sqrt(1 / c ** 2 + h / h1 + s / s1 + (g * s) ** 2)
+
+
 def measured_snr(f_meas, sigma_f, diffmaglim, magnr, distnr, z_scorr, z_psf):
     """(scorr with the sign of F, PSF-fit S/N >= 0) of difference fluxes F measured with error sigma_F.
 
-    z_*: standard normal draws for the log-normal scatter. Pure numpy, so the fit and the simulator share it."""
+    z_*: standard normal draws for the log-normal scatter."""
     f_meas = np.asarray(f_meas, float)
     s = np.abs(f_meas) / sigma_f
-    h_ref = 5 * 10 ** (0.4 * (np.asarray(diffmaglim, float) - np.asarray(magnr, float)))
+    h_ref = reference_light(diffmaglim, magnr)
+    distnr = np.asarray(distnr, float)
     k, p = SCORR_FIT, PSF_FIT
-    h = h_ref * np.exp(-0.5 * (np.asarray(distnr, float) / k["d"]) ** 2)
-    v = 1 / k["c"] ** 2 + h / k["h1"] + (h / k["h2"]) ** 2 + (s / k["s1"]) ** k["q"]
     lg = np.log10(np.maximum(s, 10.0) / 10.0)
-    scorr = np.sign(f_meas) * s / np.sqrt(v) * np.exp((k["sd0"] + k["sd1"] * lg) * z_scorr)
-    h = h_ref * np.exp(-0.5 * (np.asarray(distnr, float) / p["d"]) ** 2)
-    v = 1 / p["c"] ** 2 + h / p["h1"] + s / p["s1"] + (p["g"] * s) ** 2
-    snr_psf = s / np.sqrt(v) * np.exp((p["sd0"] + p["sd1"] * lg) * z_psf)
+    scorr = np.sign(f_meas) * s / scorr_deficit(s, h_ref, distnr, **k) * np.exp((k["sd0"] + k["sd1"] * lg) * z_scorr)
+    snr_psf = s / psf_deficit(s, h_ref, distnr, **p) * np.exp((p["sd0"] + p["sd1"] * lg) * z_psf)
     return scorr, snr_psf
+
+
 RAW_DET_SNR = 3.0
 DRB_NOISE = 1.0  # logit scatter of the simulated drb around what the difference stamp shows
 PROGRAM_PI = {1: "Kulkarni", 2: "Kulkarni", 3: "TESS"}

@@ -24,7 +24,7 @@ import numpy as np
 
 from btsbot_jax.sim import lightcurves as lcs
 from btsbot_jax.sim.render import CENTER, PIXEL_SCALE, STAMP
-from btsbot_jax.sim.survey import JD_FIRST_EVENT, JD_LAST_EVENT, JD_SURVEY_START
+from btsbot_jax.sim.survey import JD_FIRST_EVENT, JD_LAST_EVENT, JD_SURVEY_END, JD_SURVEY_START
 
 SETS = ("trues", "vars", "dims", "rejects")
 LABELS = {"trues": 1, "vars": 0, "dims": 0, "rejects": 0}
@@ -460,8 +460,7 @@ def draw_source(index: int, set_name: str, seed: int, draw: int = 0) -> Source:
         if subtype in ("dipole", "galaxy residual"):
             # their scorr falls far below F / sigma_F on the bright star or core (generate.SCORR_FIT, fitted to the
             # real packets), so fewer visits make alerts: they recur over a longer span to keep Table 1's count
-            # (make_nights covers up to 800 d after the last event)
-            t_hi = min(t_event + (t_hi - t_event) * RECURRENT_SPAN, JD_LAST_EVENT + 780.0)
+            t_hi = min(t_event + (t_hi - t_event) * RECURRENT_SPAN, JD_SURVEY_END - 20.0)
             t_lo = max(t_event - (t_event - t_lo) * RECURRENT_SPAN, JD_SURVEY_START + 1.0)
         realness = float(rng.normal(-2.0, 2.2))
         if subtype == "dipole":

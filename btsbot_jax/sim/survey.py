@@ -20,6 +20,7 @@ from btsbot_jax.sim.render import EFFECTIVE_GAIN, NOISE_FLOOR, PIXEL_SCALE
 JD_SURVEY_START = 2458194.5  # 2018-03-17, start of ZTF survey operations
 JD_FIRST_EVENT = 2458400.5  # events are placed between these dates (2018-10 .. 2024-12)
 JD_LAST_EVENT = 2460650.5
+JD_SURVEY_END = JD_LAST_EVENT + 800.0  # make_nights' last night: the windows after the last events fit inside
 NID_OFFSET = 2457754.5  # ZTF night id = floor(jd - NID_OFFSET) (nid 2475 on 2023-10-12)
 NOISE_CORRELATION = 2.2  # global-noise PSF flux error / white-noise PSF flux error
 ZP0 = {1: 26.33, 2: 26.22, 3: 25.80}
@@ -45,7 +46,7 @@ class Nights:
 def make_nights(seed: int) -> Nights:
     rng = np.random.default_rng([seed, 0x5EA5])
     first = int(np.floor(JD_SURVEY_START - 0.5)) - 400
-    n = int(JD_LAST_EVENT - first) + 800
+    n = int(JD_SURVEY_END - first)
     # two-state weather chain: P(bad -> bad) 0.4, P(good -> bad) 0.2: about 1 night in 4 lost, in runs of 1.7
     # nights on average. With the scheduler's cadence this gives the in-season gaps of the real packets' 30-day
     # histories (99th percentile 7-9 nights, 0-0.2% of 10 nights or more); the 0.62 / 0.12 chain before
@@ -100,8 +101,8 @@ def schedule(rng: np.random.Generator, nights: Nights, t_lo: float, t_hi: float,
     make_nights' weather, 0.1% of the in-season gaps are of 10 nights or more, as in the real packets' 30-day
     histories (0-0.2%); a Bernoulli draw per night (before docs/sim_to_real.md section 8) gave 2.0%. The position
     is unobservable for ~3.5 months a year around conjunction with the Sun (from its RA)."""
-    n0 = int(np.floor(t_lo - 0.5))
-    n1 = int(np.floor(t_hi - 0.5))
+    n0 = max(int(np.floor(t_lo - 0.5)), nights.first_night)
+    n1 = min(int(np.floor(t_hi - 0.5)), nights.first_night + len(nights.clear) - 1)  # no night past the survey's end
     night = np.arange(n0, n1 + 1)
     idx = night - nights.first_night
     # season: the Sun is at RA ~ ra 0 on March 21 (JD 2458199); opposition half a year later
