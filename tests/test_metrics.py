@@ -13,6 +13,7 @@ from btsbot_jax.evaluation.metrics import (
     peak_bin_labels,
     policy_metrics,
     source_bootstrap_auc,
+    source_influence_auc,
     source_table,
     timeliness,
 )
@@ -222,3 +223,42 @@ def test_weighted_auc_equals_sklearn():
         rank, n_rank = _score_ranks(s)
         assert weighted_auc(y, rank, n_rank, w) == pytest.approx(roc_auc_score(y, s, sample_weight=w), rel=1e-12)
         assert weighted_auc(y, rank, n_rank, np.ones(n)) == pytest.approx(roc_auc_score(y, s), rel=1e-12)
+
+
+def test_source_influence_auc_by_hand():
+    """The bootstrap case: the 10-alert label-0 source at 0.95 outranks every positive, so the split's AUC is 4/14
+    and without that source it separates perfectly; leaving out other sources changes less or nothing."""
+    labels, scores, src = _bootstrap_case()
+    t = source_influence_auc(labels, scores, src).set_index("objectId")
+    auc = 4 / 14  # 6 positives x 14 negatives: each positive beats the 4 alerts at 0.1 only -> 24 / 84
+    assert t.loc["n3", "roc_auc_without"] == pytest.approx(1.0)
+    assert t.loc["n3", "auc_change"] == pytest.approx(1.0 - auc)
+    # without a 0.1 source: each positive beats 2 of 12 negatives
+    assert t.loc["n1", "roc_auc_without"] == pytest.approx(2 / 12)
+    # without a positive source: the 4 remaining positives beat 4 of 14 each, as before
+    assert t.loc["p2", "roc_auc_without"] == pytest.approx(4 / 14) and t.loc["p2", "auc_change"] == pytest.approx(0)
+    assert t.loc["n3", "n_alerts"] == 10 and t.loc["n3", "mean_score"] == pytest.approx(0.95)
+    assert list(t["label"]) == [1, 1, 1, 0, 0, 0]
+    # the last source of a class leaves no AUC: NaN, not an error
+    one = source_influence_auc([1, 1, 0, 0], [0.9, 0.8, 0.1, 0.2], ["a", "a", "b", "c"]).set_index("objectId")
+    assert np.isnan(one.loc["a", "roc_auc_without"]) and one.loc["b", "roc_auc_without"] == 1.0
+    with pytest.raises(MetricsError, match="label must be the same.*n3"):
+        source_influence_auc(labels[:-1] + [1], scores, src)
+
+
+def test_source_influence_auc_equals_sklearn_without_each_source():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(5)
+    for n, levels in ((400, 6), (3000, 0)):  # heavy ties; (almost) none
+        src = rng.integers(0, 60, n)
+        y = (src % 3 == 0).astype(np.float64)
+        s = (rng.integers(0, levels, n) / levels if levels else rng.random(n)) + 0.2 * y
+        y[:5] = np.nan  # unlabelled alerts are left out, as in alert_metrics
+        t = source_influence_auc(y, s, src)
+        keep = np.isfinite(y)
+        full = roc_auc_score(y[keep], s[keep])
+        for r in t.itertuples():
+            k = keep & (src.astype(str) != r.objectId)
+            assert r.roc_auc_without == pytest.approx(roc_auc_score(y[k], s[k]), rel=1e-12)
+            assert r.auc_change == pytest.approx(r.roc_auc_without - full, abs=1e-12)

@@ -346,6 +346,22 @@ def test_pieces_yield_named_values_into_the_report(tmp_path):
     assert ev.report["extra"] == {"max_score_label_1": 0.99}
     p1 = ev.report["source_level"]["policies"]["bts_p1"]
     assert p1["n_sources_seen"] == 5 and p1["TP"] == 2 and "timeliness" in p1
+    # the built-in influence piece: every source's AUC without it in the sources table, the largest in the report
+    from btsbot_jax.evaluation.metrics import source_influence_auc
+
+    a = ev.alerts  # the checked alerts (C's alert without a score is in the rejected list)
+    infl = source_influence_auc(a["label"], a["score"], a["objectId"]).set_index("objectId")
+    src = ev.sources.set_index("objectId")
+    assert np.isnan(src.loc["E", "roc_auc_without"])  # unlabelled: no influence on the AUC
+    np.testing.assert_array_equal(src.loc[infl.index, "roc_auc_without"], infl["roc_auc_without"])
+    # without D (label 0, a 0.9 alert that ties or beats most positives): sklearn on the labelled alerts left
+    keep = (a["objectId"] != "D") & a["label"].notna()
+    assert src.loc["D", "roc_auc_without"] == pytest.approx(
+        skm.roc_auc_score(a.loc[keep, "label"], a.loc[keep, "score"]))
+    top = ev.report["alert_level"]["roc_auc_source_influence"]["largest"]
+    assert [r["objectId"] for r in top] == list(infl.dropna().sort_values("auc_change", ascending=False,
+                                                                         kind="stable").index[:5])
+    assert top[0]["roc_auc_without"] - ev.report["alert_level"]["roc_auc"] == pytest.approx(top[0]["auc_change"])
 
     class Clash:
         name = "clash"

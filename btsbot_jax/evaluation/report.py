@@ -218,7 +218,7 @@ def evaluate_scores(
     }
     ctx = EvalContext(alerts, g, sources, pols, threshold, bin_edges, min_alerts, bright_limit)
     seconds = run_evaluators([*default_evaluators(pols), *extra_evaluators], ctx, report)
-    t_alert = seconds.pop("alert_level", 0.0) + seconds.pop("source_bootstrap", 0.0)
+    t_alert = sum(seconds.pop(k, 0.0) for k in ("alert_level", "source_bootstrap", "source_influence"))
     report["timings_s"] = {"alert_level": t_alert, "source_level": t_sources + sum(seconds.values())}
     return Evaluation(_jsonable(report), sources, alerts, rejected, pols, roc=ctx.tables.get("roc_curve"))
 
@@ -422,6 +422,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"ROC AUC {100 * b['confidence']:.0f}% interval over resampled sources: {lo:.4f} - {hi:.4f} "
                      f"({b['n_sources_label_1']} label-1 and {b['n_sources_label_0']} label-0 sources, "
                      f"{b['n_resamples']} resamples)")
+    top = (a.get("roc_auc_source_influence") or {}).get("largest") or []
+    if top and top[0]["auc_change"] > 0:
+        r = top[0]
+        lines.append(f"the source that costs the AUC most: {r['objectId']} (label {r['label']}, {r['n_alerts']} "
+                     f"alerts, mean score {r['mean_score']:.3f}); without it {r['roc_auc_without']:.4f} "
+                     "(sources.csv: roc_auc_without, auc_change)")
     inc = report["source_level"]["inclusion"]
     lines.append(f"sources in the evaluation: {inc['n_included']} ({inc['n_included_label_1']} label 1, "
                  f"{inc['n_included_label_0']} label 0); excluded {inc['excluded_by_reason']}")
