@@ -6,6 +6,7 @@ import importlib.util
 
 import numpy as np
 import pandas as pd
+import pytest
 from conftest import REPO
 
 from btsbot_jax.constants import METADATA_COLUMNS
@@ -44,6 +45,36 @@ def test_metadata_gbt_finds_the_threshold_and_counts_sources(tmp_path):
     assert out["val_alerts"] == 60 and out["test_alerts"] == 50
     assert out["val_auc"] == 1.0 and out["test_auc"] == 0.0
 
+
+
+def test_explain_source_finds_the_feature_the_score_hangs_on(tmp_path):
+    """A scorer that reads only peakmag_so_far (and the images' sum): swapping that feature for the label-1 median
+    gives the score at that median exactly, and it ranks first; the other swaps change nothing."""
+    mod = _load("explain_source")
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 40), ("test", 6)):
+        _split(tmp_path, split, rng, n)
+    j = METADATA_COLUMNS.index("peakmag_so_far")
+
+    def scorer(t, m):
+        return 1 / (1 + np.exp(-4 * (18.5 - m[:, j]))) + 0 * t.sum(axis=(1, 2, 3))
+
+    from btsbot_jax.data.training_set import load_split
+
+    test, train = load_split(tmp_path, "test"), load_split(tmp_path, "train")
+    faint = test.cand.loc[test.labels == 0, "objectId"].iloc[0]
+    res = mod.explain(scorer, str(tmp_path), faint, reference=scorer)
+    typical = np.median(train.metadata[train.labels == 1, j])
+    assert res["n_alerts"] == 5 and res["label"] == 0 and res["reference_mean_score"] == res["mean_score"]
+    top = res["features"][0]
+    assert top["feature"] == "peakmag_so_far" and top["typical_label_1"] == pytest.approx(typical)
+    assert top["score_with_typical"] == pytest.approx(1 / (1 + np.exp(-4 * (18.5 - typical))), rel=1e-6)
+    assert all(r["score_with_typical"] == pytest.approx(res["mean_score"]) for r in res["features"][1:])
+    # whole swaps: label-1 metadata lifts the score, label-1 images (all zeros here) change nothing
+    assert res["its_images_with_label_1_metadata"] > 0.5 > res["mean_score"]
+    assert res["label_1_images_with_its_metadata"] == pytest.approx(res["mean_score"])
+    with pytest.raises(SystemExit, match="no alerts"):
+        mod.explain(scorer, str(tmp_path), "nobody")
 
 def test_sim_to_real_subsets_split_the_real_packets():
     """The views of experiments/sim_to_real.py partition the real packets: placeholder host fields or real ones, and

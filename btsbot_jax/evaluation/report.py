@@ -426,7 +426,7 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
     if top and top[0]["auc_change"] > 0:
         r = top[0]
         lines.append(f"the source that costs the AUC most: {r['objectId']} (label {r['label']}, {r['n_alerts']} "
-                     f"alerts, mean score {r['mean_score']:.3f}); without it {r['roc_auc_without']:.4f} "
+                     f"alerts, mean score {r['mean_score']:.4f}); without it {r['roc_auc_without']:.4f} "
                      "(sources.csv: roc_auc_without, auc_change)")
     inc = report["source_level"]["inclusion"]
     lines.append(f"sources in the evaluation: {inc['n_included']} ({inc['n_included_label_1']} label 1, "
