@@ -47,7 +47,26 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
             sc = scorer(s.triplets, s.metadata)
             # how much the split's few sources let its AUC say (docs/evaluation.md, "How far the AUC can be trusted")
             ci = source_bootstrap_auc(s.labels, sc, src)["interval"]
-            out[name] = {"split": split, **labelled_metrics(sc, s.labels), "auc_source_bootstrap_90": ci}
+            out[name] = {"split": split, **labelled_metrics(sc, s.labels), "auc_source_bootstrap_90": ci,
+                         "largest_source_influence": _largest_influence(s.cand, s.labels, sc)}
+    return out
+
+
+def _largest_influence(cand, labels, scores, top: int = 3) -> list[dict]:
+    """The `top` sources whose removal raises the split's AUC most (`btsbot-evaluate`'s source influence), with
+    their simulated set and sub-type: which sources a run's test AUC hangs on, recorded with the run."""
+    from btsbot_jax.evaluation.metrics import source_influence_auc
+
+    t = source_influence_auc(labels, scores, cand["objectId"].to_numpy()).dropna(subset=["auc_change"])
+    first = cand.groupby("objectId").first()
+    out = []
+    for r in t.sort_values("auc_change", ascending=False, kind="stable").head(top).itertuples():
+        row = {"objectId": r.objectId, "label": int(r.label), "n_alerts": int(r.n_alerts),
+               "mean_score": round(float(r.mean_score), 4), "auc_change": round(float(r.auc_change), 4)}
+        for k in ("source_set", "subtype"):
+            if k in first.columns:
+                row[k] = str(first.loc[r.objectId, k])
+        out.append(row)
     return out
 
 

@@ -76,6 +76,20 @@ def test_explain_source_finds_the_feature_the_score_hangs_on(tmp_path):
     with pytest.raises(SystemExit, match="no alerts"):
         mod.explain(scorer, str(tmp_path), "nobody")
 
+
+def test_sim_to_real_records_the_sources_the_auc_hangs_on():
+    """The run's JSON names the sources whose removal raises the simulated test AUC most, with set and sub-type."""
+    mod = _load("sim_to_real")
+    cand = pd.DataFrame({"objectId": ["a"] * 2 + ["b"] * 2 + ["c"] * 10 + ["d"] * 2,
+                         "source_set": ["trues"] * 4 + ["vars"] * 10 + ["rejects"] * 2,
+                         "subtype": ["SN Ia"] * 2 + ["TDE"] * 2 + ["QSO"] * 10 + ["dipole"] * 2})
+    labels = np.array([1] * 4 + [0] * 12)
+    scores = np.array([0.9, 0.8, 0.7, 0.6] + [0.95] * 10 + [0.1, 0.2])  # the QSO outranks every true
+    top = mod._largest_influence(cand, labels, scores)
+    assert top[0] == {"objectId": "c", "label": 0, "n_alerts": 10, "mean_score": 0.95,
+                      "auc_change": round(1.0 - 8 / 48, 4), "source_set": "vars", "subtype": "QSO"}
+    assert len(top) == 3 and [r["objectId"] for r in top][1:] == ["a", "b"]  # equal changes keep objectId order
+
 def test_sim_to_real_subsets_split_the_real_packets():
     """The views of experiments/sim_to_real.py partition the real packets: placeholder host fields or real ones, and
     the real ones by whether ZTF matched a known asteroid within 10" (counted here with fastavro, not our reader)."""
