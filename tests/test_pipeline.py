@@ -75,6 +75,43 @@ def test_training_batches_are_augmented_rows_with_untouched_metadata(source):
     assert not np.array_equal(batches[0]["triplet"], source.triplets[perm[:bs]])
 
 
+
+def test_no_second_ps1_hides_the_second_ps1_source_of_the_drawn_samples():
+    """`no_second_ps1=p`: the drawn samples get sgscore2 = distpsnr2 = -999 and nmtchps capped at 1, every other
+    value (images, labels, other columns, undrawn samples) bit for bit as without it; the draws are a fixed
+    function of (seed, epoch, batch), apart from the image draws, at rate p."""
+    from btsbot_jax.constants import METADATA_COLUMNS as C
+
+    rng = np.random.default_rng(1)
+    n = 256
+    meta = rng.normal(5, 1, (n, 25)).astype(np.float32)
+    meta[:, C.index("nmtchps")] = rng.integers(0, 9, n)
+    src = ip.ArraySource(rng.random((n, 63, 63, 3), dtype=np.float32), meta, rng.integers(0, 2, n).astype(np.int32))
+    seed, epoch, bs = 3, 1, 64
+    plain = _epoch(src, global_batch=bs, seed=seed, epoch=epoch)
+    hid = _epoch(src, global_batch=bs, seed=seed, epoch=epoch, no_second_ps1=0.3)
+    sent = [C.index("sgscore2"), C.index("distpsnr2")]
+    j = C.index("nmtchps")
+    n_hidden = 0
+    for b, (x, y) in enumerate(zip(plain, hid)):
+        hide = ip.no_second_ps1_draws(seed, epoch, b, bs, 0.3).numpy()
+        n_hidden += int(hide.sum())
+        np.testing.assert_array_equal(x["triplet"], y["triplet"])
+        np.testing.assert_array_equal(x["label"], y["label"])
+        np.testing.assert_array_equal(x["metadata"][~hide], y["metadata"][~hide])
+        assert np.all(y["metadata"][hide][:, sent] == -999.0)
+        np.testing.assert_array_equal(y["metadata"][hide][:, j], np.minimum(x["metadata"][hide][:, j], 1))
+        rest = [c for c in range(25) if c not in (*sent, j)]
+        np.testing.assert_array_equal(x["metadata"][hide][:, rest], y["metadata"][hide][:, rest])
+    assert 0.2 < n_hidden / (len(plain) * bs) < 0.4
+    again = _epoch(src, global_batch=bs, seed=seed, epoch=epoch, no_second_ps1=0.3)
+    np.testing.assert_array_equal(again[2]["metadata"], hid[2]["metadata"])
+    other = ip.no_second_ps1_draws(seed, epoch + 1, 0, bs, 0.3).numpy()
+    assert not np.array_equal(other, ip.no_second_ps1_draws(seed, epoch, 0, bs, 0.3).numpy())
+    # hosts get their slice of the same draws
+    half = _epoch(src, global_batch=bs, seed=seed, epoch=epoch, no_second_ps1=0.3, process_index=1, process_count=2)
+    np.testing.assert_array_equal(half[0]["metadata"], hid[0]["metadata"][bs // 2:])
+
 def test_seeded_order_resume_and_no_augmentation(source):
     a = _epoch(source, global_batch=32, seed=1, epoch=0)
     b = _epoch(source, global_batch=32, seed=1, epoch=0)

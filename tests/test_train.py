@@ -325,6 +325,8 @@ def test_configs_follow_the_paper():
         assert c.model.architecture == arch
         assert (c.beta1, c.beta2, c.class_weighting) == (prod.beta1, prod.beta2, "alerts")
     assert _load_config("demo").data_dir == "demo_out/sim"
+    # metadata are not augmented in the paper's recipe; the demo hides the second PS1 source of 5% of its samples
+    assert prod.no_second_ps1 == 0.0 and _load_config("demo").no_second_ps1 == 0.05
     # the experiments/configs/*.py paths of the README load the same configs
     from ml_collections import config_flags
 

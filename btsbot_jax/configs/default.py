@@ -48,6 +48,9 @@ def get_config() -> ml_collections.ConfigDict:
     c.freeze = ""  # comma-separated frozen submodules (v2_frozen_fusion: 'image_branch,meta_branch')
     c.frozen_eval_mode = True  # frozen submodules without dropout and BatchNorm updates while training
     c.augment = True
+    # share of training samples shown without a second PS1 source (sgscore2 = distpsnr2 = -999, nmtchps <= 1);
+    # 0 in the paper's recipe (metadata are not augmented), the demo config uses it (data/pipeline.hide_second_ps1)
+    c.no_second_ps1 = 0.0
     c.seed = 2
     c.model_version = "dev"
     c.evaluate_test = True

@@ -13,7 +13,8 @@ Design, chosen so that a run is reproducible from its seed and resumable at any 
   source (`tfds_builder`), so a split larger than RAM streams from disk.
 
 The augmentation (horizontal flip p=0.5, vertical flip p=0.5, then rotation by k*90 degrees with k uniform in
-{0,1,2,3}) is applied to training batches only; metadata are never touched. `augment_batch` is the pure function,
+{0,1,2,3}) is applied to training batches only; metadata are not touched unless a config asks for `no_second_ps1`
+(`hide_second_ps1`; off in the paper's recipe). `augment_batch` is the pure function,
 given explicit flip/rotation draws, that the tests compare with numpy.
 """
 
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from btsbot_jax.constants import METADATA_COLUMNS
 from btsbot_jax.data.training_set import Split, require_rows
 
 # tf.data only prepares host-side batches; keep TF off any accelerator JAX is using.
@@ -36,6 +38,7 @@ except (RuntimeError, ValueError):
     pass
 
 _AUG_SALT = 0x5EED  # separates augmentation draws from other uses of the seed
+_PS1_SALT = 0x5EC0  # and the no-second-PS1-source draws from the image draws
 
 
 @dataclasses.dataclass
@@ -98,6 +101,29 @@ def augment_numpy(triplet: np.ndarray, hflip: bool, vflip: bool, k: int) -> np.n
     return np.rot90(x, int(k), axes=(0, 1))
 
 
+def no_second_ps1_draws(seed: int, epoch: int, batch_index: int, global_batch: int, p: float) -> tf.Tensor:
+    """Which samples of one global batch are shown without a second PS1 source (`hide_second_ps1`), drawn with
+    probability `p` from a stateless seed apart from the image draws; pure in its arguments."""
+    s = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + _PS1_SALT,
+                  tf.cast(epoch, tf.int64) * 1_000_000_007 + tf.cast(batch_index, tf.int64)])
+    return tf.random.stateless_uniform([global_batch], seed=s, dtype=tf.float32) < p
+
+
+def hide_second_ps1(metadata: tf.Tensor, hide: tf.Tensor, columns=METADATA_COLUMNS) -> tf.Tensor:
+    """Samples with `hide` look as if PS1 had no second source within 30": `sgscore2` = `distpsnr2` = -999 (the
+    sentinel ZTF writes then) and `nmtchps` at most 1. Whether a field holds a second PS1 source is a property of
+    the field, not of the transient; a training split of a few hundred sources can still carry the sentinel on
+    one class only by chance, and a model then learns it as a class cue (docs/sim_to_real.md, section 10)."""
+    cols = list(columns)
+    sentinel = np.zeros(len(cols), bool)
+    sentinel[[cols.index("sgscore2"), cols.index("distpsnr2")]] = True
+    j = cols.index("nmtchps")
+    h = hide[:, None]
+    m = tf.where(h & tf.constant(sentinel)[None, :], tf.constant(-999.0, metadata.dtype), metadata)
+    capped = tf.minimum(m[:, j:j + 1], tf.constant(1.0, metadata.dtype))
+    return tf.concat([m[:, :j], tf.where(h, capped, m[:, j:j + 1]), m[:, j + 1:]], axis=1)
+
+
 def augmentation_draws(seed: int, epoch: int, batch_index: int, global_batch: int) -> tuple[tf.Tensor, ...]:
     """(hflip, vflip, k) for every sample of one global batch, from a stateless seed; pure in its arguments."""
     s = tf.stack([tf.cast(seed, tf.int64) * 1_000_003 + _AUG_SALT,
@@ -141,9 +167,10 @@ def _options(threads: int | None) -> tf.data.Options:
 
 def train_dataset(source, *, global_batch: int, seed: int, epoch: int, start_step: int = 0, augment: bool = True,
                   process_index: int = 0, process_count: int = 1, prefetch: int = 2,
-                  threads: int | None = None) -> tf.data.Dataset:
+                  threads: int | None = None, no_second_ps1: float = 0.0) -> tf.data.Dataset:
     """One training epoch as a tf.data.Dataset of dicts {triplet, metadata, label}, this host's slice of each
-    global batch, starting at batch `start_step` of the epoch."""
+    global batch, starting at batch `start_step` of the epoch. `no_second_ps1` > 0 shows that share of the samples
+    without a second PS1 source (`hide_second_ps1`; the paper's recipe never touches metadata: 0)."""
     n = len(source)
     nsteps = steps_per_epoch(n, global_batch)
     if nsteps == 0:
@@ -164,6 +191,8 @@ def train_dataset(source, *, global_batch: int, seed: int, epoch: int, start_ste
         if augment:
             hf, vf, k = augmentation_draws(seed, epoch, step, global_batch)
             t = augment_batch(t, hf[hs.start:hs.stop], vf[hs.start:hs.stop], k[hs.start:hs.stop])
+        if no_second_ps1 > 0:
+            m = hide_second_ps1(m, no_second_ps1_draws(seed, epoch, step, global_batch, no_second_ps1)[hs])
         return {"triplet": t, "metadata": m, "label": y}
 
     ds = tf.data.Dataset.from_tensor_slices((idx, steps))

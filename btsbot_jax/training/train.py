@@ -521,7 +521,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         ds = input_pipeline.train_dataset(
             train_src, global_batch=config.batch_size, seed=int(config.seed), epoch=epoch,
             augment=bool(config.augment), process_index=jax.process_index(), process_count=jax.process_count(),
-            threads=input_pipeline.default_threads())
+            threads=input_pipeline.default_threads(), no_second_ps1=float(config.get("no_second_ps1", 0.0)))
         t0 = time.perf_counter()
         bar = _progress(nsteps, epoch, show_bar)
         state, tm = train_epoch(train_step, state, rng_state, ds, nsteps=nsteps, global_batch=config.batch_size,
