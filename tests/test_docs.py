@@ -98,7 +98,7 @@ def test_sim_to_real_tables_are_their_jsons():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     doc = (ROOT / "docs" / "sim_to_real.md").read_text().splitlines()
-    for tag in ("hostfit", "alertcount", "truetypes", "cadence", "snrmodel"):
+    for tag in ("hostfit", "alertcount", "truetypes", "cadence", "snrmodel", "ps1aug"):
         paths = list((ROOT / "benchmarks" / "results").glob(f"sim_to_real_demo_s*_seed*_{tag}.json"))
         assert len(paths) == 10, tag
         rows = mod.markdown_table(paths).splitlines()[2:]
