@@ -127,19 +127,9 @@ def weighted_auc(labels: np.ndarray, rank: np.ndarray, n_rank: int, weights: np.
     return float(wp @ (below + 0.5 * wn) / (wp.sum() * wn.sum()))
 
 
-def source_bootstrap_auc(labels: Any, scores: Any, sources: Any, *, n_resamples: int = 1000,
-                         confidence: float = 0.90, seed: int = 0,
-                         max_work: float = BOOTSTRAP_MAX_WORK) -> dict[str, Any]:
-    """Percentile interval of the alert-level ROC AUC when the *sources* are resampled (scipy.stats.bootstrap).
-
-    A test split of a few dozen sources holds some with 100+ alerts each, so one near-threshold source can move the
-    alert-level AUC by several hundredths; resampling alerts would hide that, because a source's alerts are not
-    independent. The bootstrap is stratified (label-1 and label-0 sources resampled separately, so every resample
-    defines an AUC) and exact: drawing a source k times is the same as giving its alerts weight k, the AUC's
-    ``sample_weight`` (`weighted_auc`). Unlabelled alerts (NaN label) are left out, as in `alert_metrics`.
-    """
-    from scipy import stats
-
+def _labelled_by_source(labels: Any, scores: Any, sources: Any):
+    """The labelled alerts (NaN labels left out, as in `alert_metrics`) as (labels, scores, source code per alert,
+    source names, label per source); a source whose alerts disagree on the label is an error."""
     y = np.asarray(labels, np.float64)
     s = np.asarray(scores, np.float64)
     src = np.asarray(sources, dtype=object)
@@ -154,6 +144,24 @@ def source_bootstrap_auc(labels: Any, scores: Any, sources: Any, *, n_resamples:
     if (mixed := np.flatnonzero(lab_lo != lab_hi)).size:
         raise MetricsError(f"the label must be the same for all alerts of a source; {mixed.size} source(s) "
                            f"disagree, e.g. {', '.join(map(str, names[mixed[:5]]))}")
+    return y, s, codes, names, lab_lo
+
+
+def source_bootstrap_auc(labels: Any, scores: Any, sources: Any, *, n_resamples: int = 1000,
+                         confidence: float = 0.90, seed: int = 0,
+                         max_work: float = BOOTSTRAP_MAX_WORK) -> dict[str, Any]:
+    """Percentile interval of the alert-level ROC AUC when the *sources* are resampled (scipy.stats.bootstrap).
+
+    A test split of a few dozen sources holds some with 100+ alerts each, so one near-threshold source can move the
+    alert-level AUC by several hundredths; resampling alerts would hide that, because a source's alerts are not
+    independent. The bootstrap is stratified (label-1 and label-0 sources resampled separately, so every resample
+    defines an AUC) and exact: drawing a source k times is the same as giving its alerts weight k, the AUC's
+    ``sample_weight`` (`weighted_auc`). Unlabelled alerts (NaN label) are left out, as in `alert_metrics`.
+    """
+    from scipy import stats
+
+    y, s, codes, names, lab_lo = _labelled_by_source(labels, scores, sources)
+    n_src = len(names)
     pos, neg = np.flatnonzero(lab_lo == 1), np.flatnonzero(lab_lo == 0)
     out: dict[str, Any] = {
         "method": "stratified source bootstrap (scipy.stats.bootstrap, percentile): label-1 and label-0 sources "
@@ -191,20 +199,8 @@ def source_influence_auc(labels: Any, scores: Any, sources: Any) -> pd.DataFrame
     (`tests/test_metrics.py`). Columns: objectId, label, n_alerts, mean_score, roc_auc_without (NaN where the
     source is the last of its class), auc_change (roc_auc_without - the split's AUC: positive = the source costs
     the split that much). Unlabelled alerts (NaN label) are left out, as in `alert_metrics`."""
-    y = np.asarray(labels, np.float64)
-    s = np.asarray(scores, np.float64)
-    src = np.asarray(sources, dtype=object)
-    have = np.isfinite(y)
-    y, s, src = y[have].astype(np.int64), s[have], src[have]
-    codes, names = pd.factorize(src)
+    y, s, codes, names, lab_lo = _labelled_by_source(labels, scores, sources)
     n_src = len(names)
-    lab_lo = np.full(n_src, 2, np.int64)
-    lab_hi = np.full(n_src, -1, np.int64)
-    np.minimum.at(lab_lo, codes, y)
-    np.maximum.at(lab_hi, codes, y)
-    if (mixed := np.flatnonzero(lab_lo != lab_hi)).size:
-        raise MetricsError(f"the label must be the same for all alerts of a source; {mixed.size} source(s) "
-                           f"disagree, e.g. {', '.join(map(str, names[mixed[:5]]))}")
     rank, n_rank = _score_ranks(s)
     wp = np.bincount(rank, weights=y.astype(np.float64), minlength=n_rank)
     wn = np.bincount(rank, weights=(1 - y).astype(np.float64), minlength=n_rank)
