@@ -55,12 +55,12 @@ def run(checkpoint, reference, packets, labelled=None, simulated=None, split="te
 def _largest_influence(cand, labels, scores, top: int = 3) -> list[dict]:
     """The `top` sources whose removal raises the split's AUC most (`btsbot-evaluate`'s source influence), with
     their simulated set and sub-type: which sources a run's test AUC hangs on, recorded with the run."""
-    from btsbot_jax.evaluation.metrics import source_influence_auc
+    from btsbot_jax.evaluation.metrics import largest_influence, source_influence_auc
 
-    t = source_influence_auc(labels, scores, cand["objectId"].to_numpy()).dropna(subset=["auc_change"])
+    t = source_influence_auc(labels, scores, cand["objectId"].to_numpy())
     first = cand.groupby("objectId").first()
     out = []
-    for r in t.sort_values("auc_change", ascending=False, kind="stable").head(top).itertuples():
+    for r in largest_influence(t, top).itertuples():
         row = {"objectId": r.objectId, "label": int(r.label), "n_alerts": int(r.n_alerts),
                "mean_score": round(float(r.mean_score), 4), "auc_change": round(float(r.auc_change), 4)}
         for k in ("source_set", "subtype"):

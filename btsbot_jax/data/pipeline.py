@@ -114,14 +114,10 @@ def hide_second_ps1(metadata: tf.Tensor, hide: tf.Tensor, columns=METADATA_COLUM
     sentinel ZTF writes then) and `nmtchps` at most 1. Whether a field holds a second PS1 source is a property of
     the field, not of the transient; a training split of a few hundred sources can still carry the sentinel on
     one class only by chance, and a model then learns it as a class cue (docs/sim_to_real.md, section 10)."""
-    cols = list(columns)
-    sentinel = np.zeros(len(cols), bool)
-    sentinel[[cols.index("sgscore2"), cols.index("distpsnr2")]] = True
-    j = cols.index("nmtchps")
+    cols = np.asarray(columns)
     h = hide[:, None]
-    m = tf.where(h & tf.constant(sentinel)[None, :], tf.constant(-999.0, metadata.dtype), metadata)
-    capped = tf.minimum(m[:, j:j + 1], tf.constant(1.0, metadata.dtype))
-    return tf.concat([m[:, :j], tf.where(h, capped, m[:, j:j + 1]), m[:, j + 1:]], axis=1)
+    m = tf.where(h & np.isin(cols, ("sgscore2", "distpsnr2"))[None, :], tf.constant(-999.0, metadata.dtype), metadata)
+    return tf.where(h & (cols == "nmtchps")[None, :], tf.minimum(m, tf.constant(1.0, metadata.dtype)), m)
 
 
 def augmentation_draws(seed: int, epoch: int, batch_index: int, global_batch: int) -> tuple[tf.Tensor, ...]:

@@ -32,6 +32,7 @@ import pandas as pd
 from btsbot_jax.evaluation.metrics import (
     alert_metrics,
     inclusion_summary,
+    largest_influence,
     peak_bin_labels,
     policy_metrics,
     policy_timeliness,
@@ -105,7 +106,6 @@ class SourceBootstrap:
             n_resamples=self.n_resamples, confidence=self.confidence, seed=self.seed)
 
 
-
 class SourceInfluence:
     """Which sources decide the alert-level AUC: each source's AUC-without-it (`source_influence_auc`), exact.
 
@@ -125,7 +125,6 @@ class SourceInfluence:
         ids = ctx.sources["objectId"].astype(str)
         for col in ("roc_auc_without", "auc_change"):
             ctx.sources[col] = ids.map(by_id[col]).to_numpy(np.float64)
-        ranked = t.dropna(subset=["auc_change"]).sort_values("auc_change", ascending=False, kind="stable")
         yield ("alert_level", "roc_auc_source_influence"), {
             "method": "exact alert-level ROC AUC with one source left out, for every labelled source "
                       "(sources.csv: roc_auc_without, auc_change = roc_auc_without - roc_auc)",
@@ -133,9 +132,10 @@ class SourceInfluence:
                 {"objectId": r.objectId, "label": int(r.label), "n_alerts": int(r.n_alerts),
                  "mean_score": float(r.mean_score), "roc_auc_without": float(r.roc_auc_without),
                  "auc_change": float(r.auc_change)}
-                for r in ranked.head(self.top).itertuples()
+                for r in largest_influence(t, self.top).itertuples()
             ],
         }
+
 
 class SourceSelection:
     """The source-level rules as applied, the peak-magnitude bins, and which sources are in the evaluation."""

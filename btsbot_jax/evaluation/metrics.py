@@ -187,7 +187,6 @@ def source_bootstrap_auc(labels: Any, scores: Any, sources: Any, *, n_resamples:
             "standard_error": _f(res.standard_error)}
 
 
-
 def source_influence_auc(labels: Any, scores: Any, sources: Any) -> pd.DataFrame:
     """For every source, the alert-level ROC AUC of the split without it, exactly (one sort for all sources).
 
@@ -222,6 +221,12 @@ def source_influence_auc(labels: Any, scores: Any, sources: Any) -> pd.DataFrame
     return pd.DataFrame({"objectId": names.astype(str) if len(names) else np.array([], str), "label": lab,
                          "n_alerts": per_n.astype(np.int64), "mean_score": per_score, "roc_auc_without": without,
                          "auc_change": without - auc})
+
+
+def largest_influence(table: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The `top` rows of a `source_influence_auc` table whose removal raises the AUC most (ties in table order)."""
+    return table.dropna(subset=["auc_change"]).sort_values("auc_change", ascending=False, kind="stable").head(top)
+
 
 # ---- source level -------------------------------------------------------------------------------------------------
 
@@ -432,6 +437,6 @@ def inclusion_summary(sources: pd.DataFrame) -> dict[str, Any]:
 __all__ = [
     "BOOTSTRAP_MAX_WORK", "DEFAULT_BIN_EDGES", "DEFAULT_THRESHOLD", "MIN_ALERTS", "MetricsError", "OUTCOMES",
     "TIMELINESS_REFERENCES", "alert_metrics", "inclusion_summary", "peak_bin_index", "peak_bin_labels",
-    "policy_metrics", "policy_timeliness", "source_bootstrap_auc", "source_influence_auc", "source_table",
-    "timeliness", "weighted_auc",
+    "largest_influence", "policy_metrics", "policy_timeliness", "source_bootstrap_auc", "source_influence_auc",
+    "source_table", "timeliness", "weighted_auc",
 ]
